@@ -44,8 +44,7 @@ class ScriptedDemonstrator:
         self._ou = np.zeros(4)
         n_spots = int(r.integers(1, 3)) if self.play else 0
         self._spots = n_spots
-        self._phase = "approach"
-        self._count = 0
+        self._next("approach")
         self._retries = 0
         self._grasp_yaw = None
         self._trial = None
@@ -112,9 +111,13 @@ class ScriptedDemonstrator:
                     self._next("lower")
             else:
                 goal = np.array([*hand_goal, PLACE_Z + (ee[2] - banana[2]) - 0.0])
+                # Release at the placing height, or when the descent stalls (the banana already
+                # rests on something, say a distractor under it).
+                self._heights.append(ee[2])
+                stalled = len(self._heights) > 5 and self._heights[-6] - ee[2] < 0.002
                 if banana[2] < 0.025 and ee[2] > 0.1:
                     self._retry()
-                elif ee[2] < goal[2] + 0.006:
+                elif ee[2] < goal[2] + 0.006 or stalled:
                     self._next("release")
         elif phase == "release":
             goal = ee.copy()
@@ -166,6 +169,7 @@ class ScriptedDemonstrator:
     def _next(self, phase):
         self._phase = phase
         self._count = 0
+        self._heights = []
 
     def _retry(self):
         self._retries += 1

@@ -7,6 +7,8 @@ pose is a position plus a yaw about the world z axis.
 
 from __future__ import annotations
 
+import math
+
 import mujoco
 import numpy as np
 
@@ -30,57 +32,69 @@ def wrap_angle(a):
 class DifferentialIK:
     """Maps a commanded end-effector pose to arm joint targets."""
 
-    def __init__(self, model: mujoco.MjModel, damping: float = 0.05, iterations: int = 2, max_dq: float = 0.35):
+    def __init__(self, model: mujoco.MjModel, damping: float = 0.05, iterations: int = 2,
+                 max_dq: float = 0.35, tolerance: float = 1e-3):
         self.model = model
         self.data = mujoco.MjData(model)
         self.site = model.site("ee").id
-        self.qadr = np.array([model.joint(n).qposadr[0] for n in scene.ARM_JOINTS])
-        self.dofadr = np.array([model.joint(n).dofadr[0] for n in scene.ARM_JOINTS])
-        self.lo = model.jnt_range[[model.joint(n).id for n in scene.ARM_JOINTS], 0]
-        self.hi = model.jnt_range[[model.joint(n).id for n in scene.ARM_JOINTS], 1]
-        self.damping2 = damping**2
+        joints = [model.joint(n) for n in scene.ARM_JOINTS]
+        self.qadr = np.array([j.qposadr[0] for j in joints])
+        self.dofadr = np.array([j.dofadr[0] for j in joints])
+        # The arm's dofs come first and are contiguous, so Jacobian columns are a cheap slice.
+        assert np.array_equal(self.dofadr, np.arange(6)) and np.array_equal(self.qadr, np.arange(6))
+        self.lo = model.jnt_range[[j.id for j in joints], 0]
+        self.hi = model.jnt_range[[j.id for j in joints], 1]
+        self.damping2 = damping**2 * np.eye(6)
         self.iterations = iterations
         self.max_dq = max_dq
-        self._jacp = np.zeros((3, model.nv))
-        self._jacr = np.zeros((3, model.nv))
+        self.tolerance = tolerance
+        self._jac = np.zeros((6, model.nv))
         self._quat = np.zeros(4)
+        self._quat_conj = np.zeros(4)
         self._err_quat = np.zeros(4)
-        self._target_conj = np.zeros(4)
+        self._err = np.zeros(6)
+        self._gram = np.zeros((6, 6))
+        self._rhs = np.zeros(6)
+        self._target_quat = np.zeros(4)
 
     def solve(self, q0: np.ndarray, pos: np.ndarray, yaw: float, iterations: int | None = None) -> np.ndarray:
         """Joint targets near `q0` that bring the site toward (pos, yaw), gripper pointing down."""
-        m, d = self.model, self.data
+        # Called every control step: written to keep Python overhead well below the physics cost.
+        m, d, err, jac = self.model, self.data, self._err, self._jac
         q = np.array(q0, dtype=np.float64)
-        target_quat = yaw_quat(yaw)
-        mujoco.mju_negQuat(self._target_conj, target_quat)
+        target_quat = self._target_quat
+        target_quat[0], target_quat[3] = math.cos(yaw / 2), math.sin(yaw / 2)
         for _ in range(self.iterations if iterations is None else iterations):
-            d.qpos[self.qadr] = q
+            d.qpos[:6] = q
             mujoco.mj_kinematics(m, d)
-            mujoco.mj_comPos(m, d)
-            mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self.site)
-            err = np.empty(6)
-            err[:3] = pos - d.site_xpos[self.site]
+            np.subtract(pos, d.site_xpos[self.site], out=err[:3])
             mujoco.mju_mat2Quat(self._quat, d.site_xmat[self.site])
             # Rotation taking the current frame to the target, as a world-frame rotation vector.
-            mujoco.mju_mulQuat(self._err_quat, target_quat, _conj(self._quat))
-            if self._err_quat[0] < 0:
-                self._err_quat *= -1
-            err[3:] = 2.0 * self._err_quat[1:]
-            jac = np.vstack([self._jacp[:, self.dofadr], self._jacr[:, self.dofadr]])
-            dq = jac.T @ np.linalg.solve(jac @ jac.T + self.damping2 * np.eye(6), err)
-            scale = np.max(np.abs(dq)) / self.max_dq
-            if scale > 1:
-                dq /= scale
-            q = np.clip(q + dq, self.lo, self.hi)
+            mujoco.mju_negQuat(self._quat_conj, self._quat)
+            mujoco.mju_mulQuat(self._err_quat, target_quat, self._quat_conj)
+            np.multiply(self._err_quat[1:], 2.0 if self._err_quat[0] >= 0 else -2.0, out=err[3:])
+            if np.abs(err).max() < self.tolerance:
+                break
+            mujoco.mj_comPos(m, d)
+            mujoco.mj_jacSite(m, d, jac[:3], jac[3:], self.site)
+            arm_jac = jac[:, :6]
+            # dq = J^T (J J^T + lambda^2 I)^-1 err, with MuJoCo's in-place Cholesky (no LAPACK call).
+            np.add(arm_jac @ arm_jac.T, self.damping2, out=self._gram)
+            mujoco.mju_cholFactor(self._gram, 0.0)
+            mujoco.mju_cholSolve(self._rhs, self._gram, err)
+            dq = arm_jac.T @ self._rhs
+            peak = np.abs(dq).max()
+            if peak > self.max_dq:
+                dq *= self.max_dq / peak
+            q += dq
+            np.minimum(np.maximum(q, self.lo, out=q), self.hi, out=q)
         return q
 
     def forward(self, q: np.ndarray) -> tuple[np.ndarray, float]:
         """Site position and yaw at joint positions `q`."""
-        self.data.qpos[self.qadr] = q
+        self.data.qpos[:6] = q
         mujoco.mj_kinematics(self.model, self.data)
         mujoco.mju_mat2Quat(self._quat, self.data.site_xmat[self.site])
         return self.data.site_xpos[self.site].copy(), quat_yaw(self._quat)
 
 
-def _conj(q: np.ndarray) -> np.ndarray:
-    return np.array([q[0], -q[1], -q[2], -q[3]])
