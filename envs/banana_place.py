@@ -156,9 +156,13 @@ class BananaPlace(dm_env.Environment):
     def reset(self, task: TaskParams | None = None, seed: int | None = None) -> TimeStep:
         """Start an episode; `task` and `seed` (both optional) make it exactly reproducible."""
         self.episode_seed = int(self._rng.integers(2**31 - 1)) if seed is None else int(seed)
-        self._episode_rng = np.random.default_rng(self.episode_seed)
+        # Separate streams: the episode is a function of (task, seed), whether the task was
+        # given or drawn from the space.
+        task_seed, episode_seed = np.random.SeedSequence(self.episode_seed).spawn(2)
+        self._episode_rng = np.random.default_rng(episode_seed)
         if task is None:
-            task = self._tasks if isinstance(self._tasks, TaskParams) else self._tasks.sample(self._episode_rng)
+            task = self._tasks if isinstance(self._tasks, TaskParams) else self._tasks.sample(
+                np.random.default_rng(task_seed))
         self.task = FULL.validate(task)
         self._trial = 0
         self._new_physics_for_task()

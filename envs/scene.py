@@ -50,16 +50,18 @@ def _banana_geoms() -> str:
         a1 = a0 + seg
         p0 = (BANANA_ARC_RADIUS * math.sin(a0), BANANA_ARC_RADIUS * (1 - math.cos(a0)))
         p1 = (BANANA_ARC_RADIUS * math.sin(a1), BANANA_ARC_RADIUS * (1 - math.cos(a1)))
-        # The thin ends sit at the same centre height, so only the middle rests on the table.
+        # Thinner segments sit lower so that every segment touches the table: a banana lying
+        # on its side rests along its whole length instead of rocking on its middle.
+        z = radius - BANANA_REST_Z
         parts.append(
             f'<geom name="banana_{i}" class="banana" size="{radius}" mass="{mass:.5f}" '
-            f'fromto="{p0[0]:.5f} {p0[1]:.5f} 0 {p1[0]:.5f} {p1[1]:.5f} 0"/>'
+            f'fromto="{p0[0]:.5f} {p0[1]:.5f} {z:.4f} {p1[0]:.5f} {p1[1]:.5f} {z:.4f}"/>'
         )
     tip = BANANA_ARC_ANGLE / 2
     tx, ty = BANANA_ARC_RADIUS * math.sin(tip), BANANA_ARC_RADIUS * (1 - math.cos(tip))
     parts.append(
         f'<geom name="banana_stem" type="capsule" size="0.005" contype="0" conaffinity="0" '
-        f'mass="0" rgba="0.35 0.27 0.1 1" fromto="{tx:.5f} {ty:.5f} 0 {tx + 0.015:.5f} {ty + 0.012:.5f} 0.004"/>'
+        f'mass="0" rgba="0.35 0.27 0.1 1" fromto="{tx:.5f} {ty:.5f} -0.004 {tx + 0.015:.5f} {ty + 0.012:.5f} 0"/>'
     )
     return "\n        ".join(parts)
 

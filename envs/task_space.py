@@ -85,8 +85,9 @@ class TaskParams:
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TaskParams))
 
-# Banana and target centres closer than this would start the banana on the plate.
-MIN_SEPARATION = 0.16
+# Banana and target centres closer than this could start a banana end on the plate
+# (half banana length ~0.1 m + plate radius 0.09 m + margin).
+MIN_SEPARATION = 0.21
 
 FULL_DIMENSIONS = (
     Dimension("banana_x", 0.38, 0.62, doc="banana centre x (m), forward from the arm base"),

@@ -1,0 +1,53 @@
+# `make test` / `make run` work from a fresh clone: the first use builds .venv from
+# requirements.lock and installs the system libraries (see BUILD.md).
+
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+SYSDEPS := libosmesa6 libgl1 chromium
+# MuJoCo renders offscreen through OSMesa on machines without a display.
+GL_ENV := MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa
+
+RUN_CMD ?= $(VENV)/bin/ada-curriculum collect --tasks nominal --episodes 10 --out runs/demo-nominal-$(shell date +%Y%m%d-%H%M%S)
+PYTEST_ARGS ?=
+
+.PHONY: run test bench sysdeps venv clean
+
+run: sysdeps $(STAMP)
+	$(GL_ENV) $(RUN_CMD)
+
+# pytest exits 5 when it collects nothing; that is a failure here, with a clear message.
+test: sysdeps $(STAMP)
+	@rc=0; $(GL_ENV) $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+bench: sysdeps $(STAMP)
+	@set -e; for f in bench/*.py; do \
+	  [ -e "$$f" ] || continue; \
+	  echo "== $$f"; $(GL_ENV) $(PY) "$$f"; \
+	done
+
+venv: $(STAMP)
+
+# uv is pinned and installed into the venv itself, so only python3.11 must pre-exist.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip sync --python $(PY) requirements.lock
+	$(VENV)/bin/uv pip install --python $(PY) --no-deps -e .
+	touch $@
+
+sysdeps:
+	@if dpkg -s $(SYSDEPS) >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+	  echo "error: missing system packages ($(SYSDEPS)); run 'sudo make sysdeps' or: sudo apt-get install -y --no-install-recommends $(SYSDEPS)" >&2; \
+	  exit 1; \
+	fi; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SYSDEPS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
