@@ -275,6 +275,9 @@ def _from_dict(cls: type[T], data: Any, prefix: str) -> T:
             validate()
         except ConfigError as e:
             raise (e.under(prefix.rstrip(".")) if prefix else e) from None
+        except ValueError as e:
+            # Plain ValueErrors from component configs start with their field name.
+            raise ConfigError(None, prefix + " ".join(str(e).split())) from None
     return obj
 
 

@@ -107,7 +107,7 @@ def _make_physics(n_distractors: int) -> _Physics:
     )
 
 
-def _resolve_tasks(tasks: TaskSource) -> Union[TaskSpace, TaskParams]:
+def resolve_tasks(tasks: TaskSource) -> Union[TaskSpace, TaskParams]:
     if isinstance(tasks, (TaskSpace, TaskParams)):
         if isinstance(tasks, TaskParams):
             FULL.validate(tasks)
@@ -137,7 +137,7 @@ class BananaPlace(dm_env.Environment):
             raise TaskError(f"time_limit: must be >= 1, got {time_limit}")
         if int(trials) < 1:
             raise TaskError(f"trials: must be >= 1, got {trials}")
-        self._tasks = _resolve_tasks(tasks)
+        self._tasks = resolve_tasks(tasks)
         self._rng = np.random.default_rng(seed)
         self.time_limit = int(time_limit)
         self.trials = int(trials)

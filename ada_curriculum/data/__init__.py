@@ -1,0 +1,1 @@
+"""Task data turned into training batches: episodes -> windows -> (prefetched) batches."""

@@ -1,0 +1,27 @@
+"""Which observation entries a policy sees, flattened into one low-dimensional vector."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+# Order matters: it fixes the layout of the policy's observation vector.
+OBS_KEYS = ("joint_pos", "joint_vel", "gripper", "ee_pos", "ee_yaw", "banana_pos", "banana_quat", "target_pos")
+OBS_SIZES = {"joint_pos": 6, "joint_vel": 6, "gripper": 1, "ee_pos": 3, "ee_yaw": 2,
+             "banana_pos": 3, "banana_quat": 4, "target_pos": 3}
+OBS_DIM = sum(OBS_SIZES[k] for k in OBS_KEYS)
+ACTION_DIM = 5
+
+
+def flatten_obs(obs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(..., OBS_DIM) float32 from a dict of (..., size) arrays (leading dims preserved).
+
+    Accepts both the env's observation dict and a store's `obs/<key>` dict.
+    """
+    parts = []
+    for k in OBS_KEYS:
+        v = obs[k] if k in obs else obs["obs/" + k]
+        v = np.asarray(v, np.float32)
+        parts.append(v.reshape(*v.shape[: v.ndim - (1 if OBS_SIZES[k] else 0)], OBS_SIZES[k]))
+    return np.concatenate(parts, axis=-1)
