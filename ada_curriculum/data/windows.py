@@ -147,7 +147,9 @@ def windows_for(policy, episodes: Sequence[EpisodeArrays]):
     if policy.kind == "diffusion":
         return DiffusionWindows(episodes, policy.config.n_obs_steps, policy.config.horizon)
     if policy.kind == "transformer":
-        return SequenceWindows(episodes, policy.config.max_len, policy.config.n_action_steps)
+        # No window longer than the longest episode: padding would only cost compute.
+        window = min(policy.config.max_len, max(e.length for e in episodes))
+        return SequenceWindows(episodes, window, policy.config.n_action_steps)
     raise ValueError(f"policy: no window layout for kind {policy.kind!r}")
 
 

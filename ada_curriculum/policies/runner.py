@@ -76,7 +76,10 @@ class PolicyRunner:
                 h = [h[0]] * (self._history - len(h)) + h  # pad by repeating the first
                 obs[j] = np.stack(h)
             return {"obs": obs}
-        L = self._history
+        # Pad the context to a power of two above the longest history, not to max_len: attention
+        # cost grows with the square of it, and few distinct shapes keep recompiles rare.
+        longest = max(len(h) for h in self._obs)
+        L = min(self._history, 1 << max(4, (max(longest, 1) - 1).bit_length()))
         batch = {"obs": np.zeros((n, L, d), np.float32), "prev_action": np.zeros((n, L, a), np.float32),
                  "trial_index": np.zeros((n, L), np.int32), "mask": np.zeros((n, L), bool)}
         for j in range(n):
@@ -84,7 +87,7 @@ class PolicyRunner:
             if m == 0:
                 batch["mask"][j, 0] = True  # an idle row still needs one valid step
                 continue
-            batch["obs"][j, :m] = np.stack(self._obs[j])
+            batch["obs"][j, :m] = np.stack(self._obs[j])  # m <= L: L covers the longest history
             batch["prev_action"][j, :m] = np.stack(self._prev[j])
             batch["trial_index"][j, :m] = np.asarray(self._trial[j])
             batch["mask"][j, :m] = True
