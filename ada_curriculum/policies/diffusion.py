@@ -1,0 +1,261 @@
+"""Diffusion policy (after Chi et al., "Diffusion Policy"): a conditional 1D U-Net denoises a
+whole action horizon given the last `n_obs_steps` observations; the policy executes
+`n_action_steps` of it starting at the current step.
+
+Training is ε-prediction under a squared-cosine DDPM schedule; sampling is DDIM. Reduced-
+quality sampling (fewer DDIM steps, hotter noise) is the source of sub-optimal attempts; see
+`DiffusionPolicy.degradation_params`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import types
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ada_curriculum.config import ConfigError
+from ada_curriculum.policies import normalizer as norm
+from ada_curriculum.policies.base import Batch, Policy, Variables
+from ada_curriculum.policies.diffusion_models import ConditionalUnet1D
+from ada_curriculum.policies.noise_schedule import add_noise, ddim_sample, make_schedule
+from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM
+
+# Every preset has three levels (two halvings: 16 -> 8 -> 4), so any horizon divisible by 4
+# works with all of them.
+PRESETS = types.MappingProxyType({
+    name: types.MappingProxyType({"down_dims": dims, "kernel_size": 5, "n_groups": 8, "step_embed_dim": embed})
+    for name, dims, embed in (("small", (32, 64, 128), 64),
+                              ("base", (64, 128, 256), 128),
+                              ("large", (128, 256, 512), 256))
+})
+
+_EPS = 1e-8
+_TRUNCATED_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """Diffusion policy settings; frozen (hashable) so a policy holding it can be jit-static."""
+
+    preset: Literal["small", "base", "large"] = dataclasses.field(
+        default="small", metadata={"help": "U-Net size"})
+    down_dims: tuple[int, ...] = dataclasses.field(
+        default=(), metadata={"help": "U-Net widths per level, overriding the preset's (empty: preset)"})
+    n_obs_steps: int = dataclasses.field(default=2, metadata={"help": "observations conditioned on"})
+    horizon: int = dataclasses.field(default=16, metadata={"help": "action steps denoised together"})
+    n_action_steps: int = dataclasses.field(default=8, metadata={"help": "action steps executed per prediction"})
+    num_train_timesteps: int = 100
+    num_inference_steps: int = dataclasses.field(default=10, metadata={"help": "DDIM steps at full quality"})
+    eta: float = dataclasses.field(default=0.0, metadata={
+        "help": "DDIM stochasticity: 0 deterministic, 1 DDPM-like (more forgiving of an imperfect model)"})
+    degraded_min_steps: int = dataclasses.field(
+        default=2, metadata={"help": "DDIM steps at degradation level 1"})
+    degraded_max_temperature: float = dataclasses.field(
+        default=2.5, metadata={"help": "sampling temperature at degradation level 1"})
+
+    def __post_init__(self):
+        # A list from JSON would make the config unhashable (and so unusable as a jit static).
+        object.__setattr__(self, "down_dims", tuple(self.down_dims))
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of the U-Net: the preset, with `down_dims` overridden if set."""
+        kwargs = dict(PRESETS[self.preset])
+        if self.down_dims:
+            kwargs["down_dims"] = tuple(self.down_dims)
+        return kwargs
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError("preset", f"must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        model = self.model_kwargs()
+        dims, groups = model["down_dims"], model["n_groups"]
+        if any(d < 1 or d % groups for d in dims):
+            raise ConfigError("down_dims", f"every width must be a positive multiple of {groups}, got {dims}")
+        if self.n_obs_steps < 1:
+            raise ConfigError("n_obs_steps", f"must be >= 1, got {self.n_obs_steps}")
+        halvings = len(dims) - 1
+        if self.horizon < 1 or self.horizon % 2**halvings:
+            raise ConfigError("horizon", f"must be divisible by {2**halvings} (the U-Net halves it "
+                                         f"{halvings} times), got {self.horizon}")
+        if not 1 <= self.n_action_steps <= self.horizon - self.n_obs_steps + 1:
+            raise ConfigError("n_action_steps", f"must be <= horizon - n_obs_steps + 1 "
+                                                f"(= {self.horizon - self.n_obs_steps + 1}) and >= 1, "
+                                                f"got {self.n_action_steps}")
+        if self.num_train_timesteps < 1:
+            raise ConfigError("num_train_timesteps", f"must be >= 1, got {self.num_train_timesteps}")
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            raise ConfigError("num_inference_steps", f"must be in 1..num_train_timesteps "
+                                                     f"(= {self.num_train_timesteps}), got {self.num_inference_steps}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ConfigError("eta", f"must be in [0, 1], got {self.eta}")
+        if not 1 <= self.degraded_min_steps <= self.num_inference_steps:
+            raise ConfigError("degraded_min_steps", f"must be in 1..num_inference_steps "
+                                                    f"(= {self.num_inference_steps}), got {self.degraded_min_steps}")
+        if not self.degraded_max_temperature >= 1.0:
+            raise ConfigError("degraded_max_temperature", f"must be >= 1, got {self.degraded_max_temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionPolicy(Policy):
+    """Frozen and hashable, so it can be closed over or passed as a static jit argument."""
+
+    kind = "diffusion"
+    config: DiffusionConfig = DiffusionConfig()
+    obs_dim: int = OBS_DIM
+    action_dim: int = ACTION_DIM
+
+    def __post_init__(self):
+        self.config.validate()
+        if self.obs_dim < 1 or self.action_dim < 1:
+            raise ValueError(f"obs_dim/action_dim: must be >= 1, got {self.obs_dim}/{self.action_dim}")
+
+    @property
+    def n_obs_steps(self) -> int:
+        return self.config.n_obs_steps
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.config.n_action_steps
+
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    @functools.cached_property
+    def model(self) -> ConditionalUnet1D:
+        return ConditionalUnet1D(**self.config.model_kwargs())
+
+    def schedule(self) -> dict:
+        return make_schedule(self.config.num_train_timesteps)
+
+    # -- variables ---------------------------------------------------------------------------
+
+    def init(self, rng: jax.Array, normalizer: dict) -> Variables:
+        for key, dim in (("obs", self.obs_dim), ("action", self.action_dim)):
+            for side in ("low", "high"):
+                if tuple(jnp.shape(normalizer[key][side])) != (dim,):
+                    raise ValueError(f"normalizer: {key}.{side} must have shape ({dim},), "
+                                     f"got {tuple(jnp.shape(normalizer[key][side]))}")
+        return {"params": self._init_params(rng), "normalizer": normalizer}
+
+    def _init_params(self, rng: jax.Array) -> dict:
+        """Flax's default initialisation (lecun-normal kernels, zero biases, unit norm scales),
+        drawn from one random stream.
+
+        `model.init` draws each parameter separately and XLA compiles an RNG kernel per
+        parameter shape, which costs 10-20 s on a CPU; one draw sliced up costs ~1 s.
+        """
+        example = (jnp.zeros((1, self.horizon, self.action_dim), jnp.float32), jnp.zeros((1,), jnp.int32),
+                   jnp.zeros((1, self.n_obs_steps * self.obs_dim), jnp.float32))
+        abstract = jax.eval_shape(self.model.init, rng, *example)["params"]
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+        names = [path[-1].key for path, _ in leaves]
+        unknown = sorted({n for n in names if n not in ("kernel", "bias", "scale")})
+        if unknown:  # a module gained a parameter whose initialiser this does not know
+            raise NotImplementedError(f"no initialiser for parameter(s) named {unknown}")
+        sizes = [math.prod(leaf.shape) for (_, leaf), n in zip(leaves, names) if n == "kernel"]
+        # Truncated at 2 std and rescaled to unit variance, as flax's truncated_normal does.
+        flat = jax.random.truncated_normal(rng, -2.0, 2.0, (sum(sizes),), jnp.float32) / _TRUNCATED_STD
+        kernels = iter(jnp.split(flat, np.cumsum(sizes)[:-1]))
+        params = []
+        for (_, leaf), name in zip(leaves, names):
+            if name == "kernel":  # fan_in = every axis but the output one (conv taps x channels)
+                params.append(next(kernels).reshape(leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1])))
+            else:
+                params.append((jnp.ones if name == "scale" else jnp.zeros)(leaf.shape, leaf.dtype))
+        return jax.tree_util.tree_unflatten(treedef, params)
+
+    def _global_cond(self, variables: Variables, obs: jax.Array) -> jax.Array:
+        expected = (self.n_obs_steps, self.obs_dim)
+        if obs.ndim != 3 or obs.shape[1:] != expected:
+            raise ValueError(f"obs: expected shape (B, {expected[0]}, {expected[1]}), got {obs.shape}")
+        obs = norm.normalize(variables["normalizer"]["obs"], obs.astype(jnp.float32))
+        return obs.reshape(obs.shape[0], -1)
+
+    def noise_prediction(self, variables: Variables, noisy_action: jax.Array, t: jax.Array,
+                         obs: jax.Array) -> jax.Array:
+        """Predicted ε for normalised noisy actions (B, horizon, A) at timesteps t (B,) or
+        scalar, given raw observations (B, n_obs_steps, obs_dim)."""
+        cond = self._global_cond(variables, obs)
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (noisy_action.shape[0],))
+        return self.model.apply({"params": variables["params"]}, noisy_action, t, cond)
+
+    # -- training ----------------------------------------------------------------------------
+
+    def loss(self, variables: Variables, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
+        action = jnp.asarray(batch["action"], jnp.float32)
+        if action.ndim != 3 or action.shape[1:] != (self.horizon, self.action_dim):
+            raise ValueError(f"action: expected shape (B, {self.horizon}, {self.action_dim}), got {action.shape}")
+        cond = self._global_cond(variables, jnp.asarray(batch["obs"]))
+        x0 = norm.normalize(variables["normalizer"]["action"], action)
+        b = x0.shape[0]
+
+        t_key, noise_key = jax.random.split(rng)
+        t = jax.random.randint(t_key, (b,), 0, self.config.num_train_timesteps)
+        noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+        noisy = add_noise(self.schedule(), x0, noise, t)
+        pred = self.model.apply({"params": variables["params"]}, noisy, t, cond)
+
+        per_example = jnp.mean(jnp.square(pred - noise), axis=(1, 2))
+        weight = batch.get("weight")
+        weight = jnp.ones((b,), jnp.float32) if weight is None else jnp.asarray(weight, jnp.float32)
+        if weight.shape != (b,):  # a (B, 1) weight would silently broadcast to (B, B)
+            raise ValueError(f"weight: expected shape ({b},), got {weight.shape}")
+        loss = jnp.sum(weight * per_example) / jnp.maximum(jnp.sum(weight), _EPS)
+        # "mse" is unweighted, so it stays comparable across weighting schemes.
+        return loss, {"loss": loss, "mse": jnp.mean(per_example)}
+
+    # -- sampling ----------------------------------------------------------------------------
+
+    def sample_horizon(self, variables: Variables, batch: Batch, rng: jax.Array,
+                       num_inference_steps: int | None = None, temperature: float | jax.Array = 1.0,
+                       eta: float | jax.Array | None = None) -> jax.Array:
+        """Raw actions for the whole horizon (B, horizon, A).
+
+        `num_inference_steps` (Python int, default config) is static under jit; `temperature`
+        and `eta` (default config) may be traced.
+        """
+        steps = self.config.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+        if not 1 <= steps <= self.config.num_train_timesteps:
+            raise ValueError(f"num_inference_steps: must be in 1..{self.config.num_train_timesteps}, got {steps}")
+        cond = self._global_cond(variables, jnp.asarray(batch["obs"]))
+        params = variables["params"]
+        denoise = lambda x, t: self.model.apply({"params": params}, x, t, cond)  # noqa: E731
+        x0 = ddim_sample(denoise, self.schedule(), (cond.shape[0], self.horizon, self.action_dim), rng,
+                         steps, temperature=temperature, eta=self.config.eta if eta is None else eta)
+        return norm.unnormalize(variables["normalizer"]["action"], x0)
+
+    def predict_action(self, variables: Variables, batch: Batch, rng: jax.Array,
+                       num_inference_steps: int | None = None, temperature: float | jax.Array = 1.0,
+                       eta: float | jax.Array | None = None) -> jax.Array:
+        """Raw actions to execute (B, n_action_steps, A), the first one at obs[:, -1]."""
+        actions = self.sample_horizon(variables, batch, rng, num_inference_steps, temperature, eta)
+        start = self.n_obs_steps - 1
+        return actions[:, start:start + self.n_action_steps]
+
+    def degradation_params(self, level: float) -> tuple[int, float]:
+        """(DDIM steps, temperature) for a degradation level in [0, 1].
+
+        Level 0 is full quality; level 1 uses `degraded_min_steps` and `degraded_max_temperature`.
+        Steps fall geometrically (each equal increase in level multiplies the stride by the same
+        factor) and temperature rises linearly, so both are monotone in the level.
+        """
+        level = float(level)
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"level: must be in [0, 1], got {level}")
+        c = self.config
+        log_steps = (1.0 - level) * math.log(c.num_inference_steps) + level * math.log(c.degraded_min_steps)
+        steps = min(max(math.floor(math.exp(log_steps) + 0.5), c.degraded_min_steps), c.num_inference_steps)
+        temperature = 1.0 + level * (c.degraded_max_temperature - 1.0)
+        return steps, temperature
+
+    def predict_degraded(self, variables: Variables, batch: Batch, rng: jax.Array, level: float) -> jax.Array:
+        """`predict_action` at a reduced quality; `level` is a Python float (static under jit)."""
+        steps, temperature = self.degradation_params(level)
+        return self.predict_action(variables, batch, rng, num_inference_steps=steps, temperature=temperature)
