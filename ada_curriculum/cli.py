@@ -16,7 +16,9 @@ from typing import Literal, Optional
 
 from ada_curriculum import __version__
 from ada_curriculum.config import ArgumentParser, ConfigError, add_arguments, from_namespace, save_config
+from ada_curriculum.checkpointing import CheckpointError
 from ada_curriculum.episode_store import MANIFEST, EpisodeRecorder, EpisodeStoreError, EpisodeWriter
+from envs.task_space import TaskError
 
 EXIT_USAGE = 2
 PLAY_TIME_LIMIT = 400
@@ -108,12 +110,82 @@ def collect(cfg: CollectConfig) -> dict:
     return summary
 
 
+@dataclasses.dataclass
+class EvalConfig:
+    """Evaluate a trained policy in closed loop."""
+
+    checkpoint: str = dataclasses.field(metadata={"help": "run directory written by pretrain/train", "metavar": "RUN"})
+    tasks: Literal["nominal", "full"] = "nominal"
+    episodes: int = dataclasses.field(default=50, metadata={"min": 1, "help": "episodes per seed"})
+    seeds: tuple[int, ...] = dataclasses.field(default=(0,), metadata={"help": "evaluation seeds, e.g. 0,1,2"})
+    num_envs: int = dataclasses.field(default=10, metadata={"min": 1, "help": "envs stepped together"})
+    env: str = dataclasses.field(default="banana-place", metadata={"metavar": "NAME"})
+    trials: Optional[int] = dataclasses.field(default=None, metadata={"min": 1, "help": "trials per episode"})
+    time_limit: Optional[int] = dataclasses.field(
+        default=None, metadata={"min": 1, "help": "control steps per trial (none: the env's default)"})
+    videos: int = dataclasses.field(default=0, metadata={"min": 0, "help": "record this many episodes per seed"})
+    ema: bool = dataclasses.field(default=True, metadata={"help": "act with the EMA weights"})
+    degradation: float = dataclasses.field(
+        default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "diffusion only: sample deliberately worse (0 = best)"})
+    out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output dir (default RUN/eval-TASKS)"})
+
+
+def evaluate_run(cfg: EvalConfig) -> dict:
+    import numpy as np
+
+    from ada_curriculum import evaluate
+    from ada_curriculum.pretrain import load_policy
+
+    policy, variables, _, step = load_policy(cfg.checkpoint, use_ema=cfg.ema)
+    sampling = {}
+    if cfg.degradation > 0:
+        if policy.kind != "diffusion":
+            raise ConfigError("degradation", "only diffusion policies have degraded sampling")
+        steps, temperature = policy.degradation_params(cfg.degradation)
+        sampling = {"num_inference_steps": steps, "temperature": temperature}
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / f"eval-{cfg.tasks}"
+    out.mkdir(parents=True, exist_ok=True)
+    env_kwargs = {k: v for k, v in (("trials", cfg.trials), ("time_limit", cfg.time_limit)) if v is not None}
+    per_seed, all_results = {}, []
+    start = time.perf_counter()
+    for seed in cfg.seeds:
+        plan = evaluate.episode_plan(cfg.tasks, cfg.episodes, seed)
+        results = evaluate.rollout(
+            policy, variables, plan, env_name=cfg.env, num_envs=cfg.num_envs, seed=seed, env_kwargs=env_kwargs,
+            video_episodes=cfg.videos, video_dir=out / f"videos-seed{seed}", sampling=sampling)
+        per_seed[str(seed)] = evaluate.summarize(results)
+        all_results += results
+        print(f"seed {seed}: success {per_seed[str(seed)]['success_rate']:.2f} "
+              f"({per_seed[str(seed)]['successes']}/{cfg.episodes})")
+    rates = [r["success_rate"] for r in per_seed.values()]
+    summary = {
+        "checkpoint": cfg.checkpoint, "step": step, "policy": policy.kind, "tasks": cfg.tasks, "env": cfg.env,
+        "sampling": sampling, "ema": cfg.ema, **evaluate.summarize(all_results),
+        "success_rate_per_seed": rates, "success_rate_seed_mean": float(np.mean(rates)),
+        "success_rate_seed_std": float(np.std(rates)), "per_seed": per_seed,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    save_config(cfg, out / "config.json")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ada-curriculum", description="ada-curriculum: demos, training and evaluation.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("collect", help=CollectConfig.__doc__, description=CollectConfig.__doc__)
     add_arguments(p, CollectConfig)
+    from ada_curriculum.pretrain import PretrainConfig
+
+    p = sub.add_parser("pretrain", help=PretrainConfig.__doc__, description=PretrainConfig.__doc__)
+    add_arguments(p, PretrainConfig)
+    p = sub.add_parser("eval", help=EvalConfig.__doc__, description=EvalConfig.__doc__)
+    add_arguments(p, EvalConfig)
+    from ada_curriculum.train import TrainConfig
+
+    p = sub.add_parser("train", help=TrainConfig.__doc__, description=TrainConfig.__doc__)
+    add_arguments(p, TrainConfig)
     return parser
 
 
@@ -127,8 +199,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"collected {summary['episodes']} episodes, {summary['successes']} successful "
                 f"({summary['success_rate']:.0%}), {summary['env_steps_per_s']} env steps/s -> {cfg.out}"
             )
+        elif args.command == "pretrain":
+            from ada_curriculum.pretrain import PretrainConfig, train_and_evaluate
+
+            cfg = from_namespace(PretrainConfig, args)
+            summary = train_and_evaluate(cfg)
+            line = f"trained {summary['policy']} for {summary['updates']} updates, final loss {summary['final_loss']}"
+            if "eval" in summary:
+                line += f", success {summary['eval']['success_rate']:.2f} on {summary['eval']['tasks']}"
+            print(f"{line} -> {cfg.out}")
+        elif args.command == "eval":
+            cfg = from_namespace(EvalConfig, args)
+            summary = evaluate_run(cfg)
+            lo, hi = summary["ci95"]
+            print(f"success {summary['success_rate']:.3f} (95% CI {lo:.2f}-{hi:.2f}) over {summary['episodes']} "
+                  f"episodes on {cfg.tasks}")
+        elif args.command == "train":
+            from ada_curriculum.train import TrainConfig, train
+
+            cfg = from_namespace(TrainConfig, args)
+            print(f"run directory: {Path(cfg.run).absolute()}")
+            summary = train(cfg)
+            print(f"stopped by {summary['stopped_by']}: {summary['updates']} updates, {summary['env_steps']} env "
+                  f"steps, {summary['episodes']} episodes, recent success {summary['recent_success_rate']}")
         return 0
-    except (ConfigError, EpisodeStoreError) as e:
+    except (ConfigError, EpisodeStoreError, CheckpointError, TaskError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ class ModelSize:
 
 
 PRESETS: dict[str, ModelSize] = {
+    "tiny": ModelSize(d_model=32, n_layers=1, n_heads=2),  # for tests and smoke runs
     "small": ModelSize(d_model=64, n_layers=2, n_heads=4),
     "base": ModelSize(d_model=128, n_layers=4, n_heads=4),
     "large": ModelSize(d_model=256, n_layers=6, n_heads=8),
@@ -40,7 +41,7 @@ PRESETS: dict[str, ModelSize] = {
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    preset: Literal["small", "base", "large"] = dataclasses.field(
+    preset: Literal["tiny", "small", "base", "large"] = dataclasses.field(
         default="small", metadata={"help": "model size: small (64x2), base (128x4), large (256x6)"})
     # 512 steps hold ~4-8 trials of 60-150 steps. It is only a cap (a position table): compute
     # scales with the window length the data pipeline actually feeds, quadratically in attention.

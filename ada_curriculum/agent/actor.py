@@ -1,0 +1,108 @@
+"""The actor: a batch of envs stepped by the latest policy weights it has.
+
+It asks the task source for tasks, writes every finished episode to the online replay table
+(tagged with task, success, trial and the policy version that acted), reports results back in
+batches, and pulls newer weights from the variable source without blocking.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import envs
+from ada_curriculum.agent import remote
+from ada_curriculum.policies.obs import flatten_obs
+from ada_curriculum.policies.runner import PolicyRunner
+
+
+class Actor:
+    def __init__(self, actor_id: int, policy, replay, variable_source, task_source, env_name: str = "banana-place",
+                 num_envs: int = 2, seed: int = 0, variable_update_period: int = 20, env_kwargs: dict | None = None,
+                 sampling: dict | None = None):
+        self.actor_id = actor_id
+        self.policy, self.replay = policy, replay
+        self.variable_source, self.task_source = variable_source, task_source
+        self.variable_update_period = variable_update_period
+        self.envs = [envs.make(env_name, tasks="full", seed=seed * 1000 + j, **(env_kwargs or {}))
+                     for j in range(num_envs)]
+        self.version, variables = self._wait_for_variables()
+        self.runner = PolicyRunner(policy, variables, num_envs, seed=seed, **(sampling or {}))
+        self._poll = remote.Poll(variable_source, "get", self.version)
+        self._timesteps = [None] * num_envs
+        self._episodes = [None] * num_envs
+        self.env_steps = 0
+        self.episodes = 0
+        self.successes = 0
+        self.unstable = 0
+        for j in range(num_envs):
+            self._start(j)
+
+    def _wait_for_variables(self, timeout: float = 120.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = remote.call(self.variable_source, "get", -1)
+            if got is not None:
+                return got
+            time.sleep(0.05)
+        raise TimeoutError("actor: no policy variables published within the timeout")
+
+    def _start(self, j: int):
+        (task, seed), = remote.call(self.task_source, "sample", 1)
+        ts = self.envs[j].reset(task=envs.TaskParams.from_dict(task), seed=seed)
+        self._timesteps[j] = ts
+        self._episodes[j] = {"obs": [flatten_obs(ts.observation)], "action": [], "trial": [int(ts.observation["trial_index"])],
+                             "version": self.version}
+        self.runner.reset(j)
+
+    def _maybe_update_variables(self):
+        if self._poll.ready():
+            got = self._poll.result()
+            if got is not None:
+                self.version, variables = got
+                self.runner.set_variables(variables)
+            self._poll = remote.Poll(self.variable_source, "get", self.version)
+
+    def run(self, num_steps: int) -> dict:
+        """Step every env `num_steps` times; returns counters and the finished episodes' results."""
+        results = []
+        steps_before = self.env_steps
+        for i in range(num_steps):
+            if i % self.variable_update_period == 0:
+                self._maybe_update_variables()
+            actions = self.runner.act([ts.observation for ts in self._timesteps])
+            for j, env in enumerate(self.envs):
+                ts = env.step(actions[j])
+                ep = self._episodes[j]
+                ep["action"].append(actions[j])
+                ep["obs"].append(flatten_obs(ts.observation))
+                ep["trial"].append(int(ts.observation["trial_index"]))
+                self._timesteps[j] = ts
+                self.env_steps += 1
+                if ts.last():
+                    results.append(self._finish(j, ts))
+                    self._start(j)
+        if results:
+            remote.call(self.task_source, "report", results)
+        # Per-call counts: a restarted actor starts from zero, so the coordinator sums deltas.
+        return {"actor": self.actor_id, "env_steps": self.env_steps - steps_before, "episodes": len(results),
+                "successes": sum(r["success"] for r in results), "version": self.version, "results": results}
+
+    def _finish(self, j: int, ts) -> dict:
+        env, ep = self.envs[j], self._episodes[j]
+        success = bool(ts.info["success"])
+        task = env.task
+        n = len(ep["action"])
+        remote.call(self.replay, "add_episode", "online", np.stack(ep["obs"][:n]), np.stack(ep["action"]),
+                    weight=float(success), success=success, version=ep["version"],
+                    task=task.vector().astype(np.float32), trial_index=np.asarray(ep["trial"][:n], np.int32))
+        self.episodes += 1
+        self.successes += int(success)
+        self.unstable += int(ts.info["physics_unstable"])
+        return {"task": task.to_dict(), "success": success, "steps": n, "version": ep["version"],
+                "actor": self.actor_id, "unstable": bool(ts.info["physics_unstable"])}
+
+    def close(self):
+        for env in self.envs:
+            env.close()

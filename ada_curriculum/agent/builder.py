@@ -1,0 +1,132 @@
+"""One builder for every piece of the actor-learner, local or on Ray (Acme's pattern).
+
+`Builder.make_*` returns plain objects for an in-process run, and `Builder.remote(...)` turns
+the same classes into Ray actors with the configured resources and restart policy for the
+distributed run, so both runs execute the same code.
+"""
+
+from __future__ import annotations
+
+from ada_curriculum import replay as replay_lib
+from ada_curriculum.agent.actor import Actor
+from ada_curriculum.agent.learner import Learner
+from ada_curriculum.agent.objectives import SuccessWeightedBC
+from ada_curriculum.agent.task_source import TaskSource
+from ada_curriculum.agent.variable_source import VariableSource
+from ada_curriculum.learning import make_optimizer
+from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM
+
+TASK_DIM = 9
+
+
+def parse_resources(spec: str) -> dict[str, float]:
+    """'actor:1,gpu_node:0.5' -> {'actor': 1.0, 'gpu_node': 0.5}; '' -> {}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, amount = part.partition(":")
+        try:
+            out[name] = float(amount or 1)
+        except ValueError:
+            raise ValueError(f"resources: cannot read {part!r} (expected name:amount)") from None
+    return out
+
+
+class ReplayServerWorker(replay_lib.ReplayServer):
+    """The replay server as a Ray actor: it tells clients on other nodes where it is."""
+
+    def reachable_address(self) -> str:
+        import ray
+
+        port = self.address.rsplit(":", 1)[1]
+        return f"{ray.util.get_node_ip_address()}:{port}"
+
+
+class ActorWorker(Actor):
+    """An actor that makes its own replay client (it may live in another process)."""
+
+    def __init__(self, actor_id, policy, replay_address, window, n_obs_steps, variable_source, task_source, **kw):
+        client = replay_lib.ReplayClient(replay_address, window=window, n_obs_steps=n_obs_steps)
+        super().__init__(actor_id, policy, client, variable_source, task_source, **kw)
+
+    def ping(self) -> bool:
+        return True
+
+
+class LearnerWorker(Learner):
+    """A learner that makes its own replay client and mixed-batch stream."""
+
+    def __init__(self, policy, optim_cfg, objective, state, replay_address, window, batch_size, demo_fraction,
+                 variable_source, checkpoint_dir, publish_every, stall_timeout):
+        self._client = replay_lib.ReplayClient(replay_address, window=window, n_obs_steps=policy.n_obs_steps)
+        batches = self._client.mixed_batches(batch_size, demo_fraction)
+        super().__init__(policy, objective, make_optimizer(optim_cfg), optim_cfg, state, batches, variable_source,
+                         checkpoint_dir=checkpoint_dir, publish_every=publish_every, stall_timeout=stall_timeout)
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+class Builder:
+    def __init__(self, cfg, policy):
+        self.cfg, self.policy = cfg, policy
+        self.window = policy.config.horizon
+
+    # -- replay ---------------------------------------------------------------------------------
+    def replay_server_args(self, checkpoint_dir: str | None) -> dict:
+        return dict(config=self.cfg.replay, obs_dim=OBS_DIM, action_dim=ACTION_DIM, task_dim=TASK_DIM,
+                    window=self.window, checkpoint_dir=checkpoint_dir)
+
+    def make_replay_server(self, checkpoint_dir: str | None = None):
+        return replay_lib.ReplayServer(**self.replay_server_args(checkpoint_dir))
+
+    def make_replay_client(self, address: str):
+        return replay_lib.ReplayClient(address, window=self.window, n_obs_steps=self.policy.n_obs_steps)
+
+    # -- sources --------------------------------------------------------------------------------
+    def make_task_source(self) -> TaskSource:
+        return TaskSource(self.cfg.tasks, seed=self.cfg.seed)
+
+    def task_source_args(self) -> dict:
+        return dict(tasks=self.cfg.tasks, seed=self.cfg.seed)
+
+    @staticmethod
+    def make_variable_source() -> VariableSource:
+        return VariableSource()
+
+    # -- actors and learner ---------------------------------------------------------------------
+    def actor_args(self, i: int, replay_address, variable_source, task_source) -> dict:
+        c = self.cfg
+        return dict(actor_id=i, policy=self.policy, replay_address=replay_address, window=self.window,
+                    n_obs_steps=self.policy.n_obs_steps, variable_source=variable_source, task_source=task_source,
+                    env_name=c.env, num_envs=c.envs_per_actor, seed=c.seed * 100 + i,
+                    variable_update_period=c.variable_update_period,
+                    env_kwargs={} if c.time_limit is None else {"time_limit": c.time_limit})
+
+    def make_actor(self, i: int, replay_address, variable_source, task_source) -> ActorWorker:
+        return ActorWorker(**self.actor_args(i, replay_address, variable_source, task_source))
+
+    def learner_args(self, state, replay_address, variable_source, checkpoint_dir) -> dict:
+        c = self.cfg
+        return dict(policy=self.policy, optim_cfg=c.optim, objective=self.objective(), state=state,
+                    replay_address=replay_address, window=self.window, batch_size=c.batch_size,
+                    demo_fraction=c.demo_fraction, variable_source=variable_source, checkpoint_dir=checkpoint_dir,
+                    publish_every=c.publish_every, stall_timeout=c.stall_timeout)
+
+    def make_learner(self, state, replay_address, variable_source, checkpoint_dir) -> LearnerWorker:
+        return LearnerWorker(**self.learner_args(state, replay_address, variable_source, checkpoint_dir))
+
+    def objective(self):
+        return SuccessWeightedBC(demo_weight=self.cfg.demo_weight, online_weight=self.cfg.online_weight)
+
+    # -- Ray ------------------------------------------------------------------------------------
+    @staticmethod
+    def remote(cls, resources: str = "", max_restarts: int = 0, num_cpus: float = 1.0, max_concurrency: int = 1):
+        """`cls` as a Ray actor class with resources and a restart policy."""
+        import ray
+
+        return ray.remote(cls).options(
+            num_cpus=num_cpus, resources=parse_resources(resources) or None, max_restarts=max_restarts,
+            max_concurrency=max_concurrency)
+

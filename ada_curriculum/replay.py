@@ -1,0 +1,335 @@
+"""Replay buffer of training windows: a Reverb server with a demo and an online table.
+
+This is the only module that imports `reverb` (and TensorFlow, for Reverb's tf.data
+dataset), so swapping the replay backend is a one-file change. Arrays go in and come out
+as numpy.
+
+An item is one fixed-size window of an episode (see `window_spec`): `window` consecutive
+steps of `obs` and `action`, plus per-window scalars (`weight`, `success`, `version`,
+`task`, `trial`). `ReplayClient.add_episode` writes every step of an episode to the server
+once and creates one item per real step that references a slice of those steps, so
+overlapping windows share storage. Windows are padded as in Diffusion Policy (and
+`data/windows.py`): the first step is repeated `n_obs_steps - 1` times before the episode
+and the last step is repeated after it, so real step t yields the window starting at
+t - (n_obs_steps - 1); the learner uses `obs[:, :n_obs_steps]` and `action[:, :horizon]`.
+
+Tables: `demo` never evicts (adding past `demo_table_size` raises `ReplayFullError`) and
+only needs one item to sample; `online` evicts FIFO and is rate limited so each online
+window is sampled about `samples_per_insert` times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import reverb
+import tensorflow as tf
+
+from ada_curriculum.config import ConfigError
+
+# Per-window fields that hold one value for the whole window (taken from the window's real step).
+_SCALARS = ("weight", "success", "version", "task", "trial")
+
+
+class ReplayFullError(RuntimeError):
+    """Adding to the demo table would evict demos."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayConfig:
+    demo_table_size: int = 200_000  # demos are never evicted: inserting past this is an error
+    online_table_size: int = 100_000  # FIFO eviction of online windows
+    samples_per_insert: float = 8.0  # online table: target samples per inserted window
+    min_size_to_sample: int = 256  # online table: no sampling below this many windows
+    # How far (in samples) the online sample count may drift from samples_per_insert * inserts
+    # either way. The learner may run error_buffer samples ahead (16 batches of 256) before
+    # blocking; actors may run error_buffer / samples_per_insert windows ahead (512 at the
+    # default ratio, a couple of episodes) before their add_episode blocks. Too small makes
+    # actors and learner run in lockstep; too large lets the ratio drift.
+    error_buffer: float = 4096.0
+
+    def validate(self):
+        for name in ("demo_table_size", "online_table_size", "min_size_to_sample"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"expected a positive int, got {value!r}")
+        if self.min_size_to_sample > self.online_table_size:
+            raise ConfigError("min_size_to_sample", f"{self.min_size_to_sample} exceeds "
+                              f"online_table_size {self.online_table_size}: sampling would never start")
+        if not self.samples_per_insert > 0:
+            raise ConfigError("samples_per_insert", f"expected > 0, got {self.samples_per_insert!r}")
+        # Reverb's own bound: a smaller buffer can block inserts and samples for good.
+        if not self.error_buffer >= max(1.0, self.samples_per_insert):
+            raise ConfigError("error_buffer", f"expected >= max(1, samples_per_insert) = "
+                              f"{max(1.0, self.samples_per_insert)}, got {self.error_buffer!r}")
+
+
+def window_spec(obs_dim: int, action_dim: int, task_dim: int, window: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Field name -> (shape, dtype) of one window (one replay item)."""
+    f32 = np.dtype(np.float32)
+    return {
+        "obs": ((window, obs_dim), f32),
+        "action": ((window, action_dim), f32),
+        "weight": ((), f32),  # training weight, e.g. 1 for a success, 0 for a failure
+        "success": ((), f32),
+        "version": ((), np.dtype(np.int64)),  # policy version that acted; -1 for demos
+        "task": ((task_dim,), f32),
+        "trial": ((), np.dtype(np.int32)),
+    }
+
+
+def _signature(spec) -> dict[str, tf.TensorSpec]:
+    return {k: tf.TensorSpec(shape, tf.as_dtype(dtype), name=k) for k, (shape, dtype) in spec.items()}
+
+
+def _spec_of(signature) -> dict:
+    return {k: (tuple(s.shape.as_list()), np.dtype(s.dtype.as_numpy_dtype)) for k, s in signature.items()}
+
+
+def _tables_info(client: reverb.Client) -> dict[str, dict]:
+    out = {}
+    for name, t in client.server_info().items():
+        rl = t.rate_limiter_info
+        out[name] = {
+            "size": int(t.current_size),
+            "max_size": int(t.max_size),
+            "num_inserts": int(rl.insert_stats.completed),  # totals, kept across checkpoints
+            "num_samples": int(rl.sample_stats.completed),
+            "rate_limiter": {
+                "samples_per_insert": float(rl.samples_per_insert),
+                "min_size_to_sample": int(rl.min_size_to_sample),
+                # Samples block when inserts * samples_per_insert - samples would drop
+                # below min_diff; inserts block when it would exceed max_diff.
+                "min_diff": float(rl.min_diff),
+                "max_diff": float(rl.max_diff),
+            },
+        }
+    return out
+
+
+class ReplayServer:
+    """A Reverb server holding the demo and online tables (plain args and return values, so
+    it can run as a Ray actor; clients connect from other processes through `address`)."""
+
+    DEMO, ONLINE = "demo", "online"
+
+    def __init__(self, config: ReplayConfig, obs_dim: int, action_dim: int, task_dim: int, window: int,
+                 port: int | None = None, checkpoint_dir: str | None = None):
+        config.validate()
+        spec = window_spec(obs_dim, action_dim, task_dim, window)
+        signature = _signature(spec)
+        online_limiter = reverb.rate_limiters.SampleToInsertRatio(
+            samples_per_insert=config.samples_per_insert, min_size_to_sample=config.min_size_to_sample,
+            error_buffer=config.error_buffer)
+        tables = [
+            reverb.Table(self.DEMO, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
+                         max_size=config.demo_table_size, rate_limiter=reverb.rate_limiters.MinSize(1),
+                         signature=signature),
+            reverb.Table(self.ONLINE, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
+                         max_size=config.online_table_size, rate_limiter=online_limiter, signature=signature),
+        ]
+        # Without a directory Reverb checkpoints into a fresh temp dir (nothing to restore,
+        # and the dir is left behind).
+        checkpointer = None if checkpoint_dir is None else reverb.checkpointers.DefaultCheckpointer(str(checkpoint_dir))
+        # The server loads the latest checkpoint in checkpoint_dir, if any, before serving.
+        self._server = reverb.Server(tables, port=port, checkpointer=checkpointer)
+        self._client = reverb.Client(self.address)
+        try:
+            self._check_restored(config, spec)
+        except Exception:
+            self.stop()
+            raise
+
+    def _check_restored(self, config: ReplayConfig, spec: dict):
+        # A restored table keeps the options it was checkpointed with (sizes, rate limiter,
+        # signature) whatever we passed in, so refuse a checkpoint that disagrees with config.
+        infos = self._client.server_info()
+        offset = config.samples_per_insert * config.min_size_to_sample
+        expected = {
+            (self.DEMO, "demo_table_size"): (infos[self.DEMO].max_size, config.demo_table_size),
+            (self.ONLINE, "online_table_size"): (infos[self.ONLINE].max_size, config.online_table_size),
+            (self.ONLINE, "samples_per_insert"): (infos[self.ONLINE].rate_limiter_info.samples_per_insert,
+                                                  config.samples_per_insert),
+            (self.ONLINE, "min_size_to_sample"): (infos[self.ONLINE].rate_limiter_info.min_size_to_sample,
+                                                  config.min_size_to_sample),
+            (self.ONLINE, "error_buffer"): (infos[self.ONLINE].rate_limiter_info.max_diff - offset,
+                                            config.error_buffer),
+        }
+        for (table, field), (got, want) in expected.items():
+            if not np.isclose(got, want):
+                raise ConfigError(field, f"the checkpoint in the replay checkpoint_dir has {got} for table "
+                                  f"{table!r} but the config asks for {want}; use a matching config or a new checkpoint_dir")
+        for table in (self.DEMO, self.ONLINE):
+            got = _spec_of(infos[table].signature)
+            if got != spec:
+                raise ValueError(f"window spec: the checkpointed table {table!r} holds {got}, expected {spec}")
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self._server.port}"
+
+    def get_address(self) -> str:
+        """`address` as a method, for Ray actor handles (they expose only methods)."""
+        return self.address
+
+    def checkpoint(self) -> str:
+        """Writes all tables (data, items, rate limiter counts) to a new subdirectory of
+        checkpoint_dir, which Reverb then keeps as its only checkpoint; returns its path."""
+        return self._client.checkpoint()
+
+    def info(self) -> dict:
+        return _tables_info(self._client)
+
+    def stop(self):
+        self._server.stop()
+
+
+class ReplayClient:
+    """Writes episodes into, and samples windows from, a `ReplayServer` at `address`.
+
+    One client per thread for writing: `add_episode` uses a single TrajectoryWriter.
+    """
+
+    def __init__(self, address: str, window: int, n_obs_steps: int):
+        if not 1 <= n_obs_steps <= window:
+            raise ValueError(f"n_obs_steps: expected 1 <= n_obs_steps <= window ({window}), got {n_obs_steps}")
+        self.address, self.window, self.n_obs_steps = address, window, n_obs_steps
+        self._client = reverb.Client(address)
+        self._specs = {name: _spec_of(t.signature) for name, t in self._client.server_info().items()}
+        for name, spec in self._specs.items():
+            if spec["obs"][0][0] != window:
+                raise ValueError(f"window: the server's {name!r} table holds windows of "
+                                 f"{spec['obs'][0][0]} steps, not {window}")
+        self._writer = None  # created on first use; serves both tables (same signature)
+
+    def add_episode(self, table: str, obs, action, weight: float, success: bool, version: int, task,
+                    trial_index=0) -> int:
+        """Adds the windows of one episode; returns the number of windows (= steps T).
+
+        obs: (T+1, D) or (T, D), row t observed before action row t (only the first T rows
+        are used); action: (T, A); task: (task_dim,); trial_index: per step (T,) or (T+1,),
+        or one int. Blocks while the online table's rate limiter holds inserts back.
+        """
+        spec = self._spec(table)
+        action = np.asarray(action, np.float32)
+        obs = np.asarray(obs, np.float32)
+        T = len(action)
+        task = np.asarray(task, np.float32)
+        if action.shape[1:] != spec["action"][0][1:] or action.ndim != 2:
+            raise ValueError(f"action: expected shape (T, {spec['action'][0][1]}), got {action.shape}")
+        if obs.ndim != 2 or obs.shape[1] != spec["obs"][0][1] or len(obs) not in (T, T + 1):
+            raise ValueError(f"obs: expected shape ({T} or {T + 1}, {spec['obs'][0][1]}), got {obs.shape}")
+        if task.shape != spec["task"][0]:
+            raise ValueError(f"task: expected shape {spec['task'][0]}, got {task.shape}")
+        trial = np.asarray(trial_index, np.int32)
+        if trial.ndim == 0:
+            trial = np.full(T, trial, np.int32)
+        if trial.ndim != 1 or len(trial) not in (T, T + 1):
+            raise ValueError(f"trial_index: expected an int or shape ({T},) or ({T + 1},), got {trial.shape}")
+        if T == 0:
+            return 0
+        if table == ReplayServer.DEMO:
+            self._check_demo_room(T)
+
+        W, pad = self.window, self.n_obs_steps - 1
+        # Padded step i holds real step idx[i]; the window of real step t starts at padded step t.
+        idx = np.clip(np.arange(T - 1 + W) - pad, 0, T - 1)
+        episode = {"weight": np.float32(weight), "success": np.float32(success),
+                   "version": np.int64(version), "task": task}
+        writer = self._get_writer()
+        try:
+            for i, t in enumerate(idx):
+                writer.append({"obs": obs[t], "action": action[t], "trial": trial[t], **episode})
+                if i == 0:
+                    history = writer.history  # live view; fetched once as building it is not free
+                if i >= W - 1:
+                    item = {"obs": history["obs"][-W:], "action": history["action"][-W:]}
+                    # Scalars come from the window's real step, which is `pad` steps into it.
+                    item.update({k: history[k][pad - W] for k in _SCALARS})
+                    writer.create_item(table, priority=1.0, trajectory=item)
+            writer.end_episode()  # flushes: returns once the server holds every item
+        except BaseException:
+            self._close_writer()  # its buffers are mid-episode; start the next episode afresh
+            raise
+        return T
+
+    def sample(self, table: str, batch_size: int, timeout_ms: int | None = None) -> dict[str, np.ndarray]:
+        """One batch, blocking until the table's rate limiter allows it; with `timeout_ms`,
+        raises TimeoutError if a sample waits longer than that."""
+        ds = self._windows(table, batch_size, timeout_ms, max_samples=batch_size, workers=1)
+        for batch in ds.batch(batch_size, drop_remainder=True).as_numpy_iterator():
+            return batch
+        raise TimeoutError(f"replay table {table!r}: no {batch_size} samples within {timeout_ms} ms")
+
+    def dataset(self, table: str, batch_size: int, prefetch: int = 2,
+                timeout_ms: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Endless batches (the learner's path). Sampling, batching and prefetching run in
+        tf.data's C++ threads; with `timeout_ms`, the iterator ends when a sample waits longer."""
+        ds = self._windows(table, batch_size, timeout_ms).batch(batch_size, drop_remainder=True)
+        return ds.prefetch(prefetch).as_numpy_iterator()
+
+    def mixed_batches(self, batch_size: int, demo_fraction: float, prefetch: int = 2,
+                      timeout_ms: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Endless batches of round(batch_size * demo_fraction) demo windows followed by
+        online windows, with a bool `is_demo` (batch_size,) key."""
+        if not 0.0 <= demo_fraction <= 1.0:
+            raise ValueError(f"demo_fraction: expected a value in [0, 1], got {demo_fraction}")
+        n_demo = round(batch_size * demo_fraction)
+        parts = []
+        for table, n, is_demo in ((ReplayServer.DEMO, n_demo, True), (ReplayServer.ONLINE, batch_size - n_demo, False)):
+            if n > 0:
+                part = self._windows(table, n, timeout_ms).batch(n, drop_remainder=True)
+                parts.append(part.map(lambda b, n=n, is_demo=is_demo: {**b, "is_demo": tf.fill([n], is_demo)}))
+        if len(parts) == 2:
+            ds = tf.data.Dataset.zip(tuple(parts)).map(
+                lambda d, o: {k: tf.concat([d[k], o[k]], axis=0) for k in d})
+        else:
+            ds = parts[0]
+        return ds.prefetch(prefetch).as_numpy_iterator()
+
+    def info(self) -> dict:
+        return _tables_info(self._client)
+
+    def checkpoint(self) -> str:
+        return self._client.checkpoint()
+
+    def close(self):
+        self._close_writer()
+
+    def _spec(self, table: str) -> dict:
+        if table not in self._specs:
+            raise ValueError(f"table: expected one of {sorted(self._specs)}, got {table!r}")
+        return self._specs[table]
+
+    def _check_demo_room(self, n: int):
+        # Reverb would silently FIFO-evict demos; check first (fine with one demo loader at a time).
+        t = self._client.server_info()[ReplayServer.DEMO]
+        if t.current_size + n > t.max_size:
+            raise ReplayFullError(f"demo table holds {t.current_size} of {t.max_size} windows; adding {n} "
+                                  f"more would evict demos (raise demo_table_size)")
+
+    def _windows(self, table: str, in_flight: int, timeout_ms: int | None, max_samples: int = -1,
+                 workers: int = -1) -> tf.data.Dataset:
+        self._spec(table)
+        ds = reverb.TrajectoryDataset.from_table_signature(
+            self.address, table,
+            # ~2 batches in flight per worker: enough to hide latency, small enough to keep
+            # sampling close to uniform over the current table.
+            max_in_flight_samples_per_worker=2 * in_flight,
+            num_workers_per_iterator=workers,
+            rate_limiter_timeout_ms=-1 if timeout_ms is None else timeout_ms,
+            max_samples=max_samples)
+        return ds.map(lambda s: s.data)  # drop Reverb's per-sample info (key, probability, ...)
+
+    def _get_writer(self):
+        if self._writer is None:
+            # A window spans W steps, so the writer keeps references to the last W steps.
+            self._writer = self._client.trajectory_writer(num_keep_alive_refs=self.window)
+        return self._writer
+
+    def _close_writer(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

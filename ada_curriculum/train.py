@@ -1,0 +1,325 @@
+"""`ada-curriculum train`: the actor-learner run, in process or on Ray.
+
+The coordinator (this module) builds everything through `agent.builder.Builder`, keeps one
+call outstanding per actor and for the learner, collects their counters, writes metrics,
+decides when to checkpoint, and ends on the first budget reached (updates, env steps, minutes)
+or on SIGTERM/SIGINT, always with a final checkpoint and `summary.json`.
+
+A run directory that holds a checkpoint is resumed: learner state, counters, task-source state
+and the replay tables (from the Reverb checkpoint saved with the same step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import jax
+
+from ada_curriculum import config as config_lib
+from ada_curriculum.agent import remote
+from ada_curriculum.agent.builder import Builder
+from ada_curriculum.checkpointing import Checkpointer, CheckpointError, check_compatible
+from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer
+from ada_curriculum.policies import make_policy, normalizer as normalizer_lib
+from ada_curriculum.policies.diffusion import DiffusionConfig
+from ada_curriculum.pretrain import _StopFlag, load_policy, state_template
+from ada_curriculum.replay import ReplayConfig
+
+log = logging.getLogger(__name__)
+
+COMPATIBLE_KEYS = ("policy", "diffusion", "tasks", "env")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Actor-learner RL fine-tuning with sparse reward."""
+
+    run: str = dataclasses.field(metadata={"help": "run directory (resumed if it holds a checkpoint)", "metavar": "DIR"})
+    init: Optional[str] = dataclasses.field(default=None, metadata={"help": "pretrained run to start from", "metavar": "RUN"})
+    demos: Optional[str] = dataclasses.field(default=None, metadata={"help": "episode store for the demo table", "metavar": "DIR"})
+    policy: Literal["diffusion"] = "diffusion"
+    env: str = "banana-place"
+    tasks: Literal["nominal", "full"] = "nominal"
+    time_limit: Optional[int] = dataclasses.field(default=None, metadata={"min": 1})
+    distributed: bool = dataclasses.field(default=True, metadata={"help": "Ray actors (else one process)"})
+    ray_address: Optional[str] = dataclasses.field(default=None, metadata={"help": "existing cluster ('auto'); none: local"})
+    num_actors: int = dataclasses.field(default=2, metadata={"min": 1})
+    envs_per_actor: int = dataclasses.field(default=2, metadata={"min": 1})
+    actor_steps_per_call: int = dataclasses.field(default=20, metadata={"min": 1})
+    variable_update_period: int = dataclasses.field(default=10, metadata={"min": 1, "help": "actor steps between weight polls"})
+    actor_resources: str = dataclasses.field(default="", metadata={"help": "e.g. actor:1"})
+    learner_resources: str = dataclasses.field(default="", metadata={"help": "e.g. learner:1"})
+    actor_max_restarts: int = dataclasses.field(default=3, metadata={"min": 0})
+    batch_size: int = dataclasses.field(default=64, metadata={"min": 1})
+    demo_fraction: float = dataclasses.field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    demo_weight: float = dataclasses.field(default=1.0, metadata={"min": 0.0})
+    online_weight: float = dataclasses.field(default=1.0, metadata={"min": 0.0})
+    updates_per_call: int = dataclasses.field(default=10, metadata={"min": 1})
+    publish_every: int = dataclasses.field(default=10, metadata={"min": 1})
+    stall_timeout: float = dataclasses.field(default=120.0, metadata={"min": 0.0, "help": "seconds without a batch"})
+    max_updates: Optional[int] = dataclasses.field(default=400, metadata={"min": 1})
+    max_env_steps: Optional[int] = dataclasses.field(default=None, metadata={"min": 1})
+    max_minutes: Optional[float] = dataclasses.field(default=10.0, metadata={"min": 0.0})
+    checkpoint_every: int = dataclasses.field(default=100, metadata={"min": 1, "help": "updates between checkpoints"})
+    seed: int = 0
+    replay: ReplayConfig = dataclasses.field(default_factory=ReplayConfig)
+    optim: OptimConfig = dataclasses.field(
+        default_factory=lambda: OptimConfig(learning_rate=3e-4, warmup_steps=50, decay_steps=100_000))
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+
+    def validate(self):
+        self.optim.validate()
+        self.replay.validate()
+        self.diffusion.validate()
+        if self.max_updates is None and self.max_env_steps is None and self.max_minutes is None:
+            raise ValueError("max_updates: set at least one budget (max_updates, max_env_steps, max_minutes)")
+        if self.demo_fraction > 0 and not self.demos:
+            raise ValueError("demos: demo_fraction > 0 needs --demos (an episode store)")
+
+
+def _initial_state(cfg: TrainConfig, policy, optimizer):
+    """Train state from the pretrained run (its EMA weights), else fresh from the demos."""
+    rng = jax.random.PRNGKey(cfg.seed)
+    if cfg.init:
+        pre_policy, variables, pre_cfg, _ = load_policy(cfg.init, use_ema=True)
+        if pre_policy.config != policy.config:
+            raise CheckpointError("diffusion: the --init run's policy config differs from this run's; "
+                                  "pass the same --diffusion.* options")
+        return create_train_state(variables, optimizer, rng)
+    from ada_curriculum.data import windows as windows_lib
+
+    episodes = windows_lib.load_store(cfg.demos)
+    variables = policy.init(rng, normalizer_lib.fit(*windows_lib.stack_for_normalizer(episodes)))
+    return create_train_state(variables, optimizer, rng)
+
+
+def _load_demos(client, cfg: TrainConfig) -> int:
+    import numpy as np
+
+    from ada_curriculum.episode_store import EpisodeStore
+    from ada_curriculum.policies.obs import flatten_obs
+
+    items = 0
+    for ep in EpisodeStore(cfg.demos):
+        if not ep.success:
+            continue
+        obs = flatten_obs(ep.observations)
+        task = np.array([ep.task[k] for k in sorted(ep.task, key=list(ep.task).index)], np.float32)
+        trial = np.asarray(ep.observations.get("trial_index", np.zeros(len(obs))), np.int32)[: ep.length]
+        items += client.add_episode("demo", obs[: ep.length], ep.actions, weight=1.0, success=True, version=-1,
+                                    task=task, trial_index=trial)
+    return items
+
+
+def _start_ray(cfg: TrainConfig) -> bool:
+    """Connect to `ray_address`, or start an embedded local Ray; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # An embedded local cluster when no address is given (`make run`); the dashboard comes with
+    # issue "dashboard" and is off here to keep start-up light on two cores.
+    ray.init(address=cfg.ray_address, log_to_driver=False, include_dashboard=False)
+    return True
+
+
+def train(cfg: TrainConfig) -> dict:
+    cfg.validate()
+    run_dir = Path(cfg.run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    policy = make_policy(cfg.policy, cfg.diffusion)
+    optimizer = make_optimizer(cfg.optim)
+    builder = Builder(cfg, policy)
+    current = config_lib.to_dict(cfg)
+
+    probe = Checkpointer(run_dir / "checkpoints")
+    try:
+        resume_step = probe.latest_step()
+        if resume_step is not None:
+            check_compatible(probe.read_meta().get("config", {}), current, COMPATIBLE_KEYS)
+            state, meta, resume_step = probe.restore(state_template(policy, optimizer, cfg.seed))
+            counters, task_state = meta["counters"], meta.get("task_source")
+            print(f"resuming {run_dir} from update {resume_step} "
+                  f"({counters['env_steps']} env steps, {counters['episodes']} episodes)")
+        else:
+            state = _initial_state(cfg, policy, optimizer)
+            counters, task_state = {"updates": 0, "env_steps": 0, "episodes": 0, "successes": 0,
+                                    "seconds": 0.0, "actor_restarts": 0, "learner_stalls": 0}, None
+    finally:
+        probe.close()
+    config_lib.save_config(cfg, run_dir / "config.json")
+
+    run = _Run(cfg, builder, state, run_dir, counters, task_state)
+    try:
+        return run.loop()
+    finally:
+        run.close()
+
+
+class _Run:
+    """One run's live components (local objects or Ray handles) and its coordinator loop."""
+
+    def __init__(self, cfg, builder, state, run_dir, counters, task_state):
+        self.cfg, self.builder, self.run_dir, self.counters = cfg, builder, run_dir, counters
+        self.started_ray = False
+        self.history: list[dict] = []
+        replay_args = builder.replay_server_args(str(run_dir / "replay"))
+        if cfg.distributed:
+            import ray
+
+            from ada_curriculum.agent.builder import ActorWorker, LearnerWorker, ReplayServerWorker
+            from ada_curriculum.agent.task_source import TaskSource
+            from ada_curriculum.agent.variable_source import VariableSource
+
+            self.started_ray = _start_ray(cfg)
+            self.replay = builder.remote(ReplayServerWorker, num_cpus=0).remote(**replay_args)
+            self.address = ray.get(self.replay.reachable_address.remote())
+            self.variables = builder.remote(VariableSource, num_cpus=0, max_concurrency=8).remote()
+            self.tasks = builder.remote(TaskSource, num_cpus=0, max_concurrency=8).remote(**builder.task_source_args())
+        else:
+            self.replay = builder.make_replay_server(replay_args["checkpoint_dir"])
+            self.address = self.replay.address
+            self.variables = builder.make_variable_source()
+            self.tasks = builder.make_task_source()
+        if task_state is not None:
+            remote.call(self.tasks, "restore", task_state)
+        self.client = builder.make_replay_client(self.address)
+        info = self.client.info()
+        if cfg.demos and info["demo"]["size"] == 0:
+            self.counters["demo_items"] = _load_demos(self.client, cfg)
+        ckpt_dir = str(run_dir / "checkpoints")
+        if cfg.distributed:
+            self.learner = builder.remote(LearnerWorker, cfg.learner_resources).remote(
+                **builder.learner_args(state, self.address, self.variables, ckpt_dir))
+            self.actors = [builder.remote(ActorWorker, cfg.actor_resources, max_restarts=cfg.actor_max_restarts)
+                           .remote(**builder.actor_args(i, self.address, self.variables, self.tasks))
+                           for i in range(cfg.num_actors)]
+        else:
+            self.learner = builder.make_learner(state, self.address, self.variables, ckpt_dir)
+            self.actors = [builder.make_actor(i, self.address, self.variables, self.tasks) for i in range(cfg.num_actors)]
+        self._last_checkpoint = self.counters["updates"]
+        self._metrics_file = (run_dir / "metrics.jsonl").open("a")
+        self._recent: list[bool] = []
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def _absorb_actor(self, out: dict):
+        self.counters["env_steps"] += out["env_steps"]
+        self.counters["episodes"] += out["episodes"]
+        self.counters["successes"] += out["successes"]
+        self._recent += [r["success"] for r in out["results"]]
+        self._recent = self._recent[-100:]
+
+    def _absorb_learner(self, out: dict):
+        self.counters["updates"] = out["updates"]
+        if out["updates_done"] == 0:
+            self.counters["learner_stalls"] += 1
+            log.warning("learner: no replay batch within %.0f s (stall %d)", self.cfg.stall_timeout,
+                        self.counters["learner_stalls"])
+        row = {**out, **{k: v for k, v in self.counters.items()}, "elapsed": self._elapsed(),
+               "recent_success_rate": sum(self._recent) / len(self._recent) if self._recent else None}
+        self.history.append(row)
+        self._metrics_file.write(json.dumps(row) + "\n")
+        self._metrics_file.flush()
+        if self.counters["updates"] - self._last_checkpoint >= self.cfg.checkpoint_every:
+            self.checkpoint()
+
+    def _elapsed(self) -> float:
+        return self.counters["seconds"] + time.monotonic() - self._t0
+
+    def checkpoint(self):
+        replay_path = remote.call(self.replay, "checkpoint")
+        meta = {"config": config_lib.to_dict(self.cfg), "kind": "train",
+                "counters": {**self.counters, "seconds": self._elapsed()},
+                "task_source": remote.call(self.tasks, "state"), "replay_checkpoint": replay_path}
+        remote.call(self.learner, "save", self.counters["updates"], meta)
+        self._last_checkpoint = self.counters["updates"]
+
+    def _budget_reached(self) -> str | None:
+        c = self.cfg
+        if c.max_updates is not None and self.counters["updates"] >= c.max_updates:
+            return "max_updates"
+        if c.max_env_steps is not None and self.counters["env_steps"] >= c.max_env_steps:
+            return "max_env_steps"
+        if c.max_minutes is not None and time.monotonic() - self._t0 >= 60 * c.max_minutes:
+            return "max_minutes"
+        return None
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def loop(self) -> dict:
+        self._t0 = time.monotonic()
+        start_updates = self.counters["updates"]
+        with _StopFlag() as stop:
+            reason = self._loop_distributed(stop) if self.cfg.distributed else self._loop_local(stop)
+        self.checkpoint()
+        elapsed = time.monotonic() - self._t0
+        self.counters["seconds"] += elapsed
+        first = [r["recent_success_rate"] for r in self.history if r["recent_success_rate"] is not None]
+        summary = {
+            "stopped_by": reason, **self.counters,
+            "updates_per_s": round((self.counters["updates"] - start_updates) / elapsed, 2) if elapsed else None,
+            "success_rate": self.counters["successes"] / max(self.counters["episodes"], 1),
+            "recent_success_rate": first[-1] if first else None,
+            "replay": self.client.info(), "version": self.counters["updates"],
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _loop_local(self, stop) -> str:
+        while True:
+            for actor in self.actors:
+                self._absorb_actor(actor.run(self.cfg.actor_steps_per_call))
+            self._absorb_learner(self.learner.step(self.cfg.updates_per_call))
+            reason = stop.stopped or self._budget_reached()
+            if reason:
+                return reason
+
+    def _loop_distributed(self, stop) -> str:
+        import ray
+
+        steps, updates = self.cfg.actor_steps_per_call, self.cfg.updates_per_call
+        pending = {a.run.remote(steps): i for i, a in enumerate(self.actors)}
+        learner_ref = self.learner.step.remote(updates)
+        while True:
+            ready, _ = ray.wait([learner_ref, *pending], num_returns=1, timeout=1.0)
+            for ref in ready:
+                if ref == learner_ref:
+                    self._absorb_learner(ray.get(ref))
+                    learner_ref = self.learner.step.remote(updates)
+                    continue
+                i = pending.pop(ref)
+                try:
+                    self._absorb_actor(ray.get(ref))
+                except ray.exceptions.RayActorError as e:
+                    # Ray restarts the actor (max_restarts); it pulls fresh weights when it is back.
+                    self.counters["actor_restarts"] += 1
+                    log.warning("actor %d failed (%s); waiting for its restart", i, type(e).__name__)
+                pending[self.actors[i].run.remote(steps)] = i
+            reason = stop.stopped or self._budget_reached()
+            if reason:
+                ray.get(learner_ref)  # let the update in flight finish before the final checkpoint
+                return reason
+
+    def close(self):
+        self._metrics_file.close()
+        try:
+            remote.call(self.learner, "close")
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+        if self.cfg.distributed:
+            import ray
+
+            for handle in [*self.actors, self.learner, self.tasks, self.variables]:
+                ray.kill(handle)
+            remote.call(self.replay, "stop")
+            ray.kill(self.replay)
+            if self.started_ray:
+                ray.shutdown()
+        else:
+            for actor in self.actors:
+                actor.close()
+            self.replay.stop()

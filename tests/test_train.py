@@ -1,0 +1,76 @@
+"""The actor-learner run end to end: real Reverb, real MuJoCo, real Ray; tiny models."""
+
+import json
+
+import pytest
+
+from ada_curriculum import config as config_lib
+from ada_curriculum.checkpointing import Checkpointer
+from ada_curriculum.cli import main
+from ada_curriculum.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos") / "store"
+    assert main(["collect", "--tasks", "nominal", "--episodes", "3", "--out", str(out)]) == 0
+    return str(out)
+
+
+def tiny(run, demos, **kw) -> TrainConfig:
+    base = {
+        "run": str(run), "demos": demos, "time_limit": 15, "num_actors": 1, "envs_per_actor": 2,
+        "actor_steps_per_call": 8, "variable_update_period": 2, "batch_size": 16, "updates_per_call": 4,
+        "publish_every": 2, "max_updates": 12, "max_minutes": 5.0, "checkpoint_every": 8, "stall_timeout": 30.0,
+        "replay": {"min_size_to_sample": 8, "samples_per_insert": 64.0},
+        "diffusion": {"down_dims": [16, 32], "num_inference_steps": 2},
+        "optim": {"warmup_steps": 2},
+    }
+    base.update(kw)
+    return config_lib.from_dict(TrainConfig, base)
+
+
+def test_in_process_run_feeds_the_learner_and_resumes(demos, tmp_path):
+    run = tmp_path / "run"
+    summary = train(tiny(run, demos, distributed=False))
+    assert summary["stopped_by"] == "max_updates" and summary["updates"] >= 12
+    assert summary["env_steps"] > 0 and summary["episodes"] > 0
+    online = summary["replay"]["online"]
+    assert online["size"] > 0 and online["num_samples"] > 0  # actors' data reached the learner
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["updates"] == summary["updates"] and "loss" in rows[-1]
+    assert rows[-1]["demo_fraction"] == pytest.approx(0.5, abs=0.01)
+
+    ckpt = Checkpointer(run / "checkpoints")
+    meta = ckpt.read_meta()
+    ckpt.close()
+    assert meta["counters"]["env_steps"] == summary["env_steps"]
+    assert meta["task_source"]["episodes"] == summary["episodes"]
+    assert meta["replay_checkpoint"]
+
+    resumed = train(tiny(run, demos, distributed=False, max_updates=20))
+    assert resumed["updates"] >= 20
+    assert resumed["env_steps"] > summary["env_steps"] and resumed["episodes"] >= summary["episodes"]
+    # The replay tables came back from the Reverb checkpoint: the demo table was not reloaded.
+    assert resumed["replay"]["demo"]["size"] == summary["replay"]["demo"]["size"]
+    assert "demo_items" not in resumed or resumed["demo_items"] == summary.get("demo_items")
+
+    # A changed task distribution is refused, naming the field, and nothing is overwritten.
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    with pytest.raises(Exception, match="^tasks: the checkpoint was made with 'nominal'"):
+        train(tiny(run, demos, distributed=False, tasks="full"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_distributed_run_on_local_ray(demos, tmp_path):
+    ray = pytest.importorskip("ray")
+    run = tmp_path / "run"
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = train(tiny(run, demos, distributed=True, num_actors=2, max_updates=16))
+    finally:
+        ray.shutdown()
+    assert summary["stopped_by"] == "max_updates"
+    assert summary["replay"]["online"]["size"] > 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["updates"] >= 16 and rows[-1]["episodes"] > 0
