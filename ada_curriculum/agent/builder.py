@@ -7,6 +7,8 @@ distributed run, so both runs execute the same code.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ada_curriculum import replay as replay_lib
 from ada_curriculum.agent.actor import Actor
 from ada_curriculum.agent.learner import Learner
@@ -75,7 +77,12 @@ class Builder:
 
     # -- replay ---------------------------------------------------------------------------------
     def replay_server_args(self, checkpoint_dir: str | None) -> dict:
-        return dict(config=self.cfg.replay, obs_dim=OBS_DIM, action_dim=ACTION_DIM, task_dim=TASK_DIM,
+        replay = self.cfg.replay
+        if not self.cfg.distributed:
+            # One thread cannot wait on itself: in process, acting and learning alternate at a
+            # fixed ratio set by the coordinator, so the rate limiter must never block.
+            replay = dataclasses.replace(replay, error_buffer=1e12)
+        return dict(config=replay, obs_dim=OBS_DIM, action_dim=ACTION_DIM, task_dim=TASK_DIM,
                     window=self.window, checkpoint_dir=checkpoint_dir)
 
     def make_replay_server(self, checkpoint_dir: str | None = None):
