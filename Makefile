@@ -10,13 +10,23 @@ SYSDEPS := libosmesa6 libgl1 chromium
 # MuJoCo renders offscreen through OSMesa on machines without a display.
 GL_ENV := MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa
 
-RUN_CMD ?= $(VENV)/bin/ada-curriculum collect --tasks nominal --episodes 10 --out runs/demo-nominal-$(shell date +%Y%m%d-%H%M%S)
+# `make run`: demos of the nominal task -> BC beachhead -> actor-learner RL on local Ray.
+# Each stage is skipped when its output exists, and `train` resumes a run directory.
+DEMOS ?= runs/demos-nominal-50
+BC_RUN ?= runs/bc-diffusion
+RUN_DIR ?= runs/main
+CLI := $(VENV)/bin/ada-curriculum
+TRAIN_ARGS ?= --tasks nominal --max-minutes 8 --max-updates 600
+
 PYTEST_ARGS ?=
 
 .PHONY: run test bench sysdeps venv clean
 
 run: sysdeps $(STAMP)
-	$(GL_ENV) $(RUN_CMD)
+	@test -f $(DEMOS)/manifest.json || $(GL_ENV) $(CLI) collect --tasks nominal --episodes 50 --out $(DEMOS)
+	@test -f $(BC_RUN)/summary.json || $(GL_ENV) $(CLI) pretrain --policy diffusion --demos $(DEMOS) \
+	    --out $(BC_RUN) --updates 1500 --batch-size 128 --optim.decay-steps 1500
+	$(GL_ENV) $(CLI) train --run $(RUN_DIR) --init $(BC_RUN) --demos $(DEMOS) $(TRAIN_ARGS)
 
 # pytest exits 5 when it collects nothing; that is a failure here, with a clear message.
 test: sysdeps $(STAMP)
