@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ada_curriculum.data import windows as windows_lib
@@ -47,7 +48,7 @@ def main():
     parser.add_argument("--presets", default="small,base,large")
     parser.add_argument("--kinds", default="diffusion,transformer")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--feed-updates", type=int, default=200)
     args = parser.parse_args()
 
@@ -62,7 +63,8 @@ def main():
         for preset in args.presets.split(","):
             policy = make_policy(kind, preset=preset)
             variables = policy.init(jax.random.PRNGKey(0), stats)
-            state = create_train_state(variables, opt, jax.random.PRNGKey(1))
+            # The step donates its state: give it copies so `variables` stays usable below.
+            state = create_train_state(jax.tree_util.tree_map(jnp.copy, variables), opt, jax.random.PRNGKey(1))
             step = jax.jit(make_train_step(policy, opt, cfg), donate_argnums=0)
             sampler = windows_lib.windows_for(policy, episodes)
             batch = jax.device_put(sampler.sample(rng, args.batch_size))
@@ -95,7 +97,7 @@ def main():
     memory = [jax.device_put(sampler.sample(rng, args.batch_size)) for _ in range(8)]
 
     def run(batches):
-        state = create_train_state(variables, opt, jax.random.PRNGKey(1))
+        state = create_train_state(jax.tree_util.tree_map(jnp.copy, variables), opt, jax.random.PRNGKey(1))
         state, m = step(state, next(batches))
         jax.block_until_ready(m)
         t0 = time.perf_counter()

@@ -7,6 +7,7 @@ EMA weights, tagged with the number of updates that produced them (the version).
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -29,14 +30,9 @@ class Learner:
         threading.Thread(target=self._fill, args=(batches,), name="replay-batches", daemon=True).start()
         self._checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
 
-        def loss_fn_policy_view(variables, batch, rng):
-            return objective(policy, variables, batch, rng)
-
-        # train_step takes the loss from `policy.loss`; the objective wraps it with RL weights.
-        class _ObjectivePolicy:
-            loss = staticmethod(loss_fn_policy_view)
-
-        self._step = jax.jit(make_train_step(_ObjectivePolicy, optimizer, optim_cfg), donate_argnums=0)
+        # The objective wraps the policy's own loss with the RL weighting of each window.
+        loss = functools.partial(objective, policy)
+        self._step = jax.jit(make_train_step(loss, optimizer, optim_cfg), donate_argnums=0)
         self.state = state
         self.updates = int(state.step)
         self.stalls = 0

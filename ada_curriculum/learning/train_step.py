@@ -26,10 +26,13 @@ def module_grad_norms(grads: dict) -> dict:
     return {f"grad_norm/{name}": optax.global_norm(sub) for name, sub in grads.items()}
 
 
-def make_train_step(policy, optimizer: optax.GradientTransformation, cfg: OptimConfig,
+def make_train_step(policy_or_loss, optimizer: optax.GradientTransformation, cfg: OptimConfig,
                     extra_loss: Callable | None = None) -> Callable:
+    """`policy_or_loss`: a policy (its `loss` is used) or any `loss(variables, batch, rng)`."""
+    base_loss = getattr(policy_or_loss, "loss", policy_or_loss)
+
     def loss_fn(params, normalizer, batch, rng):
-        loss, metrics = policy.loss({"params": params, "normalizer": normalizer}, batch, rng)
+        loss, metrics = base_loss({"params": params, "normalizer": normalizer}, batch, rng)
         if extra_loss is not None:
             extra, extra_metrics = extra_loss(params, normalizer, batch, rng)
             loss = loss + extra
