@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import jax
 
@@ -66,6 +66,9 @@ class TrainConfig:
     max_env_steps: Optional[int] = dataclasses.field(default=None, metadata={"min": 1})
     max_minutes: Optional[float] = dataclasses.field(default=10.0, metadata={"min": 0.0})
     checkpoint_every: int = dataclasses.field(default=100, metadata={"min": 1, "help": "updates between checkpoints"})
+    eval_every: int = dataclasses.field(default=0, metadata={"min": 0, "help": "updates between evaluations (0: off)"})
+    eval_episodes: int = dataclasses.field(default=20, metadata={"min": 1, "help": "held-out episodes per evaluation"})
+    eval_videos: int = dataclasses.field(default=0, metadata={"min": 0, "help": "episodes recorded per evaluation"})
     seed: int = 0
     replay: ReplayConfig = dataclasses.field(default_factory=ReplayConfig)
     optim: OptimConfig = dataclasses.field(
@@ -128,7 +131,13 @@ def _start_ray(cfg: TrainConfig) -> bool:
     return True
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None) -> dict:
+    """Run (or resume) the actor-learner until a budget or a stop signal; returns the summary.
+
+    `on_start(run)` is called once everything is built and before the loop starts, with the
+    live `_Run` (its `actors`, `learner`, `replay`, ... are local objects or Ray handles): a
+    hook for supervisors and fault-injection tests; it must not block.
+    """
     cfg.validate()
     run_dir = Path(cfg.run)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +165,8 @@ def train(cfg: TrainConfig) -> dict:
 
     run = _Run(cfg, builder, state, run_dir, counters, task_state)
     try:
+        if on_start is not None:
+            on_start(run)
         return run.loop()
     finally:
         run.close()
@@ -202,7 +213,22 @@ class _Run:
         else:
             self.learner = builder.make_learner(state, self.address, self.variables, ckpt_dir)
             self.actors = [builder.make_actor(i, self.address, self.variables, self.tasks) for i in range(cfg.num_actors)]
+        # Per actor, since this process started (not checkpointed): which actor fails, and
+        # whether a restarted one is producing again with current weights.
+        self.actor_stats = [{"env_steps": 0, "episodes": 0, "version": None, "failures": 0,
+                             "episodes_since_failure": 0} for _ in self.actors]
         self._last_checkpoint = self.counters["updates"]
+        self._last_eval = self.counters["updates"]
+        self._eval_ref = None
+        self.evaluator = None
+        if cfg.eval_every:
+            eval_args = dict(policy=builder.policy, variable_source=self.variables, env_name=cfg.env, tasks=cfg.tasks,
+                             episodes=cfg.eval_episodes, env_kwargs=builder.actor_args(0, None, None, None)["env_kwargs"],
+                             video_dir=str(run_dir / "videos"), videos=cfg.eval_videos)
+            from ada_curriculum.agent.evaluator import Evaluator
+
+            self.evaluator = (builder.remote(Evaluator, cfg.actor_resources).remote(**eval_args) if cfg.distributed
+                              else Evaluator(**eval_args))
         self._metrics_file = (run_dir / "metrics.jsonl").open("a")
         self._recent: list[bool] = []
 
@@ -211,6 +237,11 @@ class _Run:
         self.counters["env_steps"] += out["env_steps"]
         self.counters["episodes"] += out["episodes"]
         self.counters["successes"] += out["successes"]
+        stats = self.actor_stats[out["actor"]]
+        stats["env_steps"] += out["env_steps"]
+        stats["episodes"] += out["episodes"]
+        stats["episodes_since_failure"] += out["episodes"]
+        stats["version"] = out["version"]
         self._recent += [r["success"] for r in out["results"]]
         self._recent = self._recent[-100:]
 
@@ -227,6 +258,22 @@ class _Run:
         self._metrics_file.flush()
         if self.counters["updates"] - self._last_checkpoint >= self.cfg.checkpoint_every:
             self.checkpoint()
+        if self.evaluator is not None and self._eval_ref is None and \
+                self.counters["updates"] - self._last_eval >= self.cfg.eval_every:
+            self._last_eval = self.counters["updates"]
+            self._eval_ref = remote.Poll(self.evaluator, "run")
+
+    def _absorb_eval(self, final: bool = False):
+        """Record a finished evaluation (evaluations run beside acting and learning on Ray)."""
+        if self._eval_ref is None or not (final or self._eval_ref.ready()):
+            return
+        result = self._eval_ref.result()
+        self._eval_ref = None
+        self.last_eval = result
+        row = {"kind": "eval", "updates": self.counters["updates"], "elapsed": self._elapsed(),
+               **{f"eval/{k}": v for k, v in result.items()}}
+        self._metrics_file.write(json.dumps(row) + "\n")
+        self._metrics_file.flush()
 
     def _elapsed(self) -> float:
         return self.counters["seconds"] + time.monotonic() - self._t0
@@ -256,6 +303,7 @@ class _Run:
         with _StopFlag() as stop:
             reason = self._loop_distributed(stop) if self.cfg.distributed else self._loop_local(stop)
         self.checkpoint()
+        self._absorb_eval(final=True)
         elapsed = time.monotonic() - self._t0
         self.counters["seconds"] += elapsed
         first = [r["recent_success_rate"] for r in self.history if r["recent_success_rate"] is not None]
@@ -264,7 +312,8 @@ class _Run:
             "updates_per_s": round((self.counters["updates"] - start_updates) / elapsed, 2) if elapsed else None,
             "success_rate": self.counters["successes"] / max(self.counters["episodes"], 1),
             "recent_success_rate": first[-1] if first else None,
-            "replay": self.client.info(), "version": self.counters["updates"],
+            "replay": self.client.info(), "version": self.counters["updates"], "actors": self.actor_stats,
+            "eval": getattr(self, "last_eval", None),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
@@ -274,6 +323,7 @@ class _Run:
             for actor in self.actors:
                 self._absorb_actor(actor.run(self.cfg.actor_steps_per_call))
             self._absorb_learner(self.learner.step(self.cfg.updates_per_call))
+            self._absorb_eval()
             reason = stop.stopped or self._budget_reached()
             if reason:
                 return reason
@@ -297,8 +347,11 @@ class _Run:
                 except ray.exceptions.RayActorError as e:
                     # Ray restarts the actor (max_restarts); it pulls fresh weights when it is back.
                     self.counters["actor_restarts"] += 1
+                    self.actor_stats[i]["failures"] += 1
+                    self.actor_stats[i]["episodes_since_failure"] = 0
                     log.warning("actor %d failed (%s); waiting for its restart", i, type(e).__name__)
                 pending[self.actors[i].run.remote(steps)] = i
+            self._absorb_eval()
             reason = stop.stopped or self._budget_reached()
             if reason:
                 ray.get(learner_ref)  # let the update in flight finish before the final checkpoint
@@ -313,7 +366,7 @@ class _Run:
         if self.cfg.distributed:
             import ray
 
-            for handle in [*self.actors, self.learner, self.tasks, self.variables]:
+            for handle in [*self.actors, self.learner, self.tasks, self.variables, *filter(None, [self.evaluator])]:
                 ray.kill(handle)
             remote.call(self.replay, "stop")
             ray.kill(self.replay)

@@ -30,16 +30,25 @@ def tiny(run, demos, **kw) -> TrainConfig:
     return config_lib.from_dict(TrainConfig, base)
 
 
+def rows_all(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_in_process_run_feeds_the_learner_and_resumes(demos, tmp_path):
     run = tmp_path / "run"
-    summary = train(tiny(run, demos, distributed=False))
+    summary = train(tiny(run, demos, distributed=False, eval_every=8, eval_episodes=2, eval_videos=1))
     assert summary["stopped_by"] == "max_updates" and summary["updates"] >= 12
     assert summary["env_steps"] > 0 and summary["episodes"] > 0
     online = summary["replay"]["online"]
     assert online["size"] > 0 and online["num_samples"] > 0  # actors' data reached the learner
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows_all(run) if r.get("kind") != "eval"]
     assert rows[-1]["updates"] == summary["updates"] and "loss" in rows[-1]
     assert rows[-1]["demo_fraction"] == pytest.approx(0.5, abs=0.01)
+
+    # A periodic held-out evaluation ran with published weights and recorded a video.
+    evals = [r for r in rows_all(run) if r.get("kind") == "eval"]
+    assert evals and evals[-1]["eval/episodes"] == 2 and evals[-1]["eval/version"] >= 8
+    assert summary["eval"]["version"] >= 8 and len(summary["eval"]["videos"]) == 1
 
     ckpt = Checkpointer(run / "checkpoints")
     meta = ckpt.read_meta()
