@@ -6,6 +6,7 @@ as one ``error: ...`` line on stderr with exit code 2, before any work is done.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -17,6 +18,7 @@ from typing import Literal, Optional
 from ada_curriculum import __version__
 from ada_curriculum.config import ArgumentParser, ConfigError, add_arguments, from_namespace, save_config
 from ada_curriculum.checkpointing import CheckpointError
+from ada_curriculum.dashboard import DashboardConfig
 from ada_curriculum.episode_store import MANIFEST, EpisodeRecorder, EpisodeStoreError, EpisodeWriter
 from envs.task_space import TaskError
 
@@ -29,7 +31,7 @@ class CollectConfig:
     """Record scripted demonstrations into an episode store."""
 
     out: str = dataclasses.field(metadata={"help": "output directory (must not hold a store yet)", "metavar": "DIR"})
-    tasks: Literal["nominal", "full"] = dataclasses.field(
+    tasks: Literal["nominal", "near", "full"] = dataclasses.field(
         default="nominal", metadata={"help": "task distribution to sample episodes from"}
     )
     episodes: int = dataclasses.field(default=10, metadata={"min": 1, "help": "number of episodes", "metavar": "N"})
@@ -115,7 +117,7 @@ class EvalConfig:
     """Evaluate a trained policy in closed loop."""
 
     checkpoint: str = dataclasses.field(metadata={"help": "run directory written by pretrain/train", "metavar": "RUN"})
-    tasks: Literal["nominal", "full"] = "nominal"
+    tasks: Literal["nominal", "near", "full"] = "nominal"
     episodes: int = dataclasses.field(default=50, metadata={"min": 1, "help": "episodes per seed"})
     seeds: tuple[int, ...] = dataclasses.field(default=(0,), metadata={"help": "evaluation seeds, e.g. 0,1,2"})
     num_envs: int = dataclasses.field(default=10, metadata={"min": 1, "help": "envs stepped together"})
@@ -186,7 +188,28 @@ def _parser() -> ArgumentParser:
 
     p = sub.add_parser("train", help=TrainConfig.__doc__, description=TrainConfig.__doc__)
     add_arguments(p, TrainConfig)
+    p = sub.add_parser("dashboard", help=DashboardConfig.__doc__, description=DashboardConfig.__doc__)
+    # `dashboard RUN_DIR` (the same field as --run-dir)
+    p.add_argument("run_dir", nargs="?", default=argparse.SUPPRESS, metavar="RUN_DIR",
+                   help="run directory, or a folder holding run directories")
+    add_arguments(p, DashboardConfig)
     return parser
+
+
+def dashboard(cfg: DashboardConfig) -> None:
+    """Serve the dashboard in the foreground until Ctrl-C."""
+    from ada_curriculum.dashboard import make_server
+
+    server = make_server(cfg.run_dir, cfg.host, cfg.port)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {cfg.host}: anyone who can reach it can read this run's metrics", file=sys.stderr)
+    print(f"dashboard for {Path(cfg.run_dir).absolute()} at {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = train(cfg)
             print(f"stopped by {summary['stopped_by']}: {summary['updates']} updates, {summary['env_steps']} env "
                   f"steps, {summary['episodes']} episodes, recent success {summary['recent_success_rate']}")
+        elif args.command == "dashboard":
+            dashboard(from_namespace(DashboardConfig, args))
         return 0
     except (ConfigError, EpisodeStoreError, CheckpointError, TaskError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -50,7 +50,7 @@ class PretrainConfig:
     log_every: int = dataclasses.field(default=100, metadata={"min": 1})
     only_successful: bool = dataclasses.field(default=True, metadata={"help": "train on successful demos only"})
     eval_episodes: int = dataclasses.field(default=0, metadata={"min": 0, "help": "evaluate the EMA policy at the end"})
-    eval_tasks: Literal["nominal", "full"] = "nominal"
+    eval_tasks: Literal["nominal", "near", "full"] = "nominal"
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)

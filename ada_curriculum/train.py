@@ -44,7 +44,7 @@ class TrainConfig:
     demos: Optional[str] = dataclasses.field(default=None, metadata={"help": "episode store for the demo table", "metavar": "DIR"})
     policy: Literal["diffusion"] = "diffusion"
     env: str = "banana-place"
-    tasks: Literal["nominal", "full"] = "nominal"
+    tasks: Literal["nominal", "near", "full"] = "nominal"
     time_limit: Optional[int] = dataclasses.field(default=None, metadata={"min": 1})
     distributed: bool = dataclasses.field(default=True, metadata={"help": "Ray actors (else one process)"})
     ray_address: Optional[str] = dataclasses.field(default=None, metadata={"help": "existing cluster ('auto'); none: local"})
@@ -119,6 +119,26 @@ def _load_demos(client, cfg: TrainConfig) -> int:
     return items
 
 
+def _newest_readable_meta(ckpt: Checkpointer) -> Optional[dict]:
+    """The meta of the newest step whose meta reads (a torn newest step must not stop a resume
+    that `restore` would make from the step before)."""
+    for step in reversed(ckpt.steps()):
+        try:
+            return ckpt.read_meta(step)
+        except Exception:  # noqa: BLE001 - `restore` logs why a step is unreadable
+            continue
+    return None
+
+
+def _set_aside_newer_steps(ckpt: Checkpointer, restored_step: int, dest: Path):
+    """Move steps newer than the one restored (unreadable ones) out of the checkpoint directory:
+    while they sit there, this run's saves at those steps would be skipped as already done."""
+    for step in [s for s in ckpt.steps() if s > restored_step]:
+        dest.mkdir(parents=True, exist_ok=True)
+        (ckpt.directory / str(step)).rename(dest / f"{step}-{int(time.time())}")
+        log.warning("checkpoint: moved unreadable step %d to %s", step, dest)
+
+
 def _start_ray(cfg: TrainConfig) -> bool:
     """Connect to `ray_address`, or start an embedded local Ray; True if this call started it."""
     import ray
@@ -150,8 +170,11 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
     try:
         resume_step = probe.latest_step()
         if resume_step is not None:
-            check_compatible(probe.read_meta().get("config", {}), current, COMPATIBLE_KEYS)
+            saved = _newest_readable_meta(probe)
+            if saved is not None:  # none readable: `restore` below says so
+                check_compatible(saved.get("config", {}), current, COMPATIBLE_KEYS)
             state, meta, resume_step = probe.restore(state_template(policy, optimizer, cfg.seed))
+            _set_aside_newer_steps(probe, resume_step, run_dir / "checkpoints-unreadable")
             counters, task_state = meta["counters"], meta.get("task_source")
             print(f"resuming {run_dir} from update {resume_step} "
                   f"({counters['env_steps']} env steps, {counters['episodes']} episodes)")
@@ -332,7 +355,7 @@ class _Run:
         import ray
 
         steps, updates = self.cfg.actor_steps_per_call, self.cfg.updates_per_call
-        pending = {a.run.remote(steps): i for i, a in enumerate(self.actors)}
+        pending = {a.run.remote(steps): (i, "run") for i, a in enumerate(self.actors)}
         learner_ref = self.learner.step.remote(updates)
         while True:
             ready, _ = ray.wait([learner_ref, *pending], num_returns=1, timeout=1.0)
@@ -341,18 +364,31 @@ class _Run:
                     self._absorb_learner(ray.get(ref))
                     learner_ref = self.learner.step.remote(updates)
                     continue
-                i = pending.pop(ref)
+                i, call = pending.pop(ref)
                 try:
-                    self._absorb_actor(ray.get(ref))
+                    out = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
-                    # Ray restarts the actor (max_restarts); it pulls fresh weights when it is back.
-                    self.counters["actor_restarts"] += 1
-                    self.actor_stats[i]["failures"] += 1
-                    self.actor_stats[i]["episodes_since_failure"] = 0
-                    log.warning("actor %d failed (%s); waiting for its restart", i, type(e).__name__)
-                pending[self.actors[i].run.remote(steps)] = i
+                    if call == "ping" and isinstance(e, ray.exceptions.ActorDiedError):
+                        # Out of restarts (a restarting actor answers ActorUnavailableError).
+                        self.actor_stats[i]["dead"] = True
+                        log.error("actor %d is dead for good (max_restarts %d used up); continuing without it",
+                                  i, self.cfg.actor_max_restarts)
+                        continue
+                    if call == "run":
+                        # Ray restarts the actor (max_restarts); it pulls fresh weights when it is back.
+                        self.counters["actor_restarts"] += 1
+                        self.actor_stats[i]["failures"] += 1
+                        self.actor_stats[i]["episodes_since_failure"] = 0
+                        log.warning("actor %d failed (%s); waiting for its restart", i, type(e).__name__)
+                    # Calls to a restarting actor fail (after a short wait) until it is back: ping it
+                    # rather than resubmitting `run`, so one crash counts once.
+                    pending[self.actors[i].ping.remote()] = (i, "ping")
+                    continue
+                if call == "run":
+                    self._absorb_actor(out)
+                pending[self.actors[i].run.remote(steps)] = (i, "run")
             self._absorb_eval()
-            reason = stop.stopped or self._budget_reached()
+            reason = stop.stopped or self._budget_reached() or (None if pending else "actors_failed")
             if reason:
                 ray.get(learner_ref)  # let the update in flight finish before the final checkpoint
                 return reason

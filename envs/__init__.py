@@ -15,7 +15,7 @@ if not os.environ.get("DISPLAY") and "MUJOCO_GL" not in os.environ and ctypes.ut
 from envs.banana_place import BananaPlace, TimeStep, resolve_tasks  # noqa: E402
 from envs.demonstrator import ScriptedDemonstrator  # noqa: E402
 from envs.task_space import (  # noqa: E402
-    FULL, NOMINAL, Dimension, TaskError, TaskParams, TaskSpace, nominal_space,
+    FULL, NOMINAL, Dimension, TaskError, TaskParams, TaskSpace, near_space, nominal_space,
 )
 
 _REGISTRY = {
@@ -37,5 +37,5 @@ def make(name: str, **kwargs) -> BananaPlace:
 
 __all__ = [
     "BananaPlace", "Dimension", "FULL", "NOMINAL", "ScriptedDemonstrator", "TaskError", "TaskParams",
-    "TaskSpace", "TimeStep", "make", "names", "nominal_space", "resolve_tasks",
+    "TaskSpace", "TimeStep", "make", "names", "near_space", "nominal_space", "resolve_tasks",
 ]

@@ -21,7 +21,7 @@ import numpy as np
 from dm_env import specs
 
 from envs import ik, scene
-from envs.task_space import FULL, NOMINAL, TaskError, TaskParams, TaskSpace, nominal_space
+from envs.task_space import FULL, NOMINAL, TaskError, TaskParams, TaskSpace, near_space, nominal_space
 
 # Action scaling: a unit action moves the commanded pose this far in one control step.
 MAX_DELTA_POS = 0.04
@@ -116,7 +116,9 @@ def resolve_tasks(tasks: TaskSource) -> Union[TaskSpace, TaskParams]:
         return nominal_space()
     if tasks == "full":
         return FULL
-    raise TaskError(f"tasks: expected 'nominal', 'full', a TaskSpace or TaskParams, got {tasks!r}")
+    if tasks == "near":
+        return near_space()
+    raise TaskError(f"tasks: expected 'nominal', 'near', 'full', a TaskSpace or TaskParams, got {tasks!r}")
 
 
 class BananaPlace(dm_env.Environment):

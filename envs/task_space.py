@@ -207,3 +207,25 @@ FULL = TaskSpace()
 def nominal_space() -> TaskSpace:
     """The degenerate box holding only the nominal task (arm noise still varies per seed)."""
     return FULL.with_bounds(**{n: (getattr(NOMINAL, n), getattr(NOMINAL, n)) for n in FIELD_NAMES})
+
+
+NEAR_FRACTION = 0.15
+
+
+def near_space(fraction: float = NEAR_FRACTION) -> TaskSpace:
+    """A small box around the nominal task: each continuous dimension spans `fraction` of its
+    full range, centred on the nominal value (clipped to the full range); no distractors.
+
+    The step just past the demonstration: the nominal policy solves part of it, so sparse
+    reward already carries signal there (the overlap the curriculum keeps by design)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise TaskError(f"fraction: expected a value in [0, 1], got {fraction}")
+    bounds = {}
+    for d in FULL_DIMENSIONS:
+        centre = getattr(NOMINAL, d.name)
+        if d.integer:
+            bounds[d.name] = (centre, centre)
+            continue
+        half = fraction * (d.high - d.low) / 2
+        bounds[d.name] = (max(d.low, centre - half), min(d.high, centre + half))
+    return FULL.with_bounds(**bounds)

@@ -33,7 +33,10 @@ class Learner:
         # The objective wraps the policy's own loss with the RL weighting of each window.
         loss = functools.partial(objective, policy)
         self._step = jax.jit(make_train_step(loss, optimizer, optim_cfg), donate_argnums=0)
-        self.state = state
+        # The step donates the state's buffers. A state that came through Ray can be zero-copy
+        # views of the object store's read-only memory (CPU device_put aliases aligned numpy
+        # arrays); donating those crashes the process, so train on copies this process owns.
+        self.state = jax.tree_util.tree_map(lambda x: jax.numpy.array(x, copy=True), state)
         self.updates = int(state.step)
         self.stalls = 0
         self._publish()

@@ -72,7 +72,7 @@ def tiny(run, demos, **kw) -> TrainConfig:
     base = {
         "run": str(run), "demos": demos, "time_limit": 15, "num_actors": 1, "envs_per_actor": 1,
         "actor_steps_per_call": 8, "variable_update_period": 2, "batch_size": 16, "updates_per_call": 4,
-        "publish_every": 2, "max_updates": 8, "max_minutes": 3.0, "checkpoint_every": 8, "stall_timeout": 30.0,
+        "publish_every": 2, "max_updates": 8, "max_minutes": 6.0, "checkpoint_every": 8, "stall_timeout": 30.0,
         "replay": {"min_size_to_sample": 8, "samples_per_insert": 64.0},
         "diffusion": {"down_dims": [16, 32], "num_inference_steps": 2},
         "optim": {"warmup_steps": 2},
@@ -183,53 +183,63 @@ def test_train_job_submitted_with_the_auth_token(demos, tmp_path, ray_home):
     # `ray get-auth-token --generate` writes ~/.ray/auth_token; a private HOME keeps it
     # away from the user's own token. Every process below is pointed at it with
     # RAY_AUTH_TOKEN_PATH, and RAY_AUTH_MODE=token switches authentication on.
+    base = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     home = ray_home / "home"
     home.mkdir()
-    generated = subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)},
+    generated = subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env={**base, "HOME": str(home)},
                                capture_output=True, text=True, timeout=60)
-    assert generated.returncode == 0, generated.stderr
     token_file = home / ".ray" / "auth_token"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    assert generated.returncode == 0 and token_file.exists(), generated.stderr
+    env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job runs `ada-curriculum`
            "MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa"}
-    env.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over RAY_AUTH_TOKEN_PATH
 
-    dashboard = free_port()
+    dashboard, agent = free_port(), free_port()
+    head_log = ray_home / "ray-start.log"
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
          f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--dashboard-agent-grpc-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--dashboard-agent-listen-port={agent}",
          f"--runtime-env-agent-port={free_port()}", f"--temp-dir={ray_home / 'ray'}",
          f"--ray-client-server-port={free_port()}",  # always started; off Ray's default 10001
          "--include-log-monitor=false", "--no-monitor",  # not needed here: fewer processes to start
          "--num-cpus=2", '--resources={"actor": 1, "learner": 1}'],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # The token as any client finds it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
         shown = subprocess.run([BIN / "ray", "get-auth-token"], env=env, capture_output=True, text=True, timeout=60)
         token = shown.stdout.strip()
         assert shown.returncode == 0 and token == token_file.read_text().strip(), shown.stderr
 
+        # Up: the Jobs API, and the head's agent that runs submitted jobs (the Jobs API waits only
+        # 10 s for it before answering "No available agent to submit job").
         jobs_url = f"http://127.0.0.1:{dashboard}/api/jobs/"
-        deadline = time.monotonic() + 120
-        while http(jobs_url, token)[0] != 200:
-            assert head.poll() is None, f"ray start failed:\n{head.stderr.read().decode()[-3000:]}"
-            assert time.monotonic() < deadline, "the dashboard did not come up within 120 s"
+        agent_url = f"http://127.0.0.1:{agent}/api/local_raylet_healthz"
+        deadline = time.monotonic() + 180
+        while http(jobs_url, token)[0] != 200 or http(agent_url, token)[0] != 200:
+            assert head.poll() is None, f"ray start failed:\n{head_log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the head did not come up within 180 s"
             time.sleep(1)
         # Authentication is on: no token is refused, a wrong token too.
         assert http(jobs_url)[0] == 401
         assert http(jobs_url, "not-the-token")[0] == 403
 
         run = tmp_path / "run"
-        submit = subprocess.run(
-            [REPO / "launch" / "submit.sh", "--run", str(run), "--demos", demos, "--num-actors", "1",
-             "--envs-per-actor", "1", "--time-limit", "15", "--batch-size", "16", "--max-updates", "8",
-             "--updates-per-call", "4", "--checkpoint-every", "8", "--max-minutes", "3",
-             "--replay.min-size-to-sample", "8", "--replay.samples-per-insert", "64",
-             "--diffusion.down-dims", "16,32", "--diffusion.num-inference-steps", "2"],
-            env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}", "RAY": str(BIN / "ray")},
-            cwd=tmp_path, capture_output=True, text=True, timeout=240)
-        assert submit.returncode == 0, f"{submit.stdout[-4000:]}\n{submit.stderr[-4000:]}"
+        for attempt in range(2):
+            submit = subprocess.run(
+                [REPO / "launch" / "submit.sh", "--run", str(run), "--demos", demos, "--num-actors", "1",
+                 "--envs-per-actor", "1", "--time-limit", "15", "--batch-size", "16", "--max-updates", "8",
+                 "--updates-per-call", "4", "--checkpoint-every", "8", "--max-minutes", "6",
+                 "--replay.min-size-to-sample", "8", "--replay.samples-per-insert", "64",
+                 "--diffusion.down-dims", "16,32", "--diffusion.num-inference-steps", "2"],
+                env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}", "RAY": str(BIN / "ray")},
+                cwd=tmp_path, capture_output=True, text=True, timeout=420)
+            # Refused before any job was made (the agent registers just after it serves): once more.
+            if attempt == 0 and "No available agent to submit job" in submit.stdout + submit.stderr:
+                time.sleep(5)
+                continue
+            break
+        assert submit.returncode == 0, f"{submit.stdout[-6000:]}\n{submit.stderr[-3000:]}"
 
         status, body = http(jobs_url, token)
         jobs = json.loads(body)
