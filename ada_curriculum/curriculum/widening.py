@@ -1,0 +1,132 @@
+"""An ADR-style expanding box (OpenAI et al. 2019, automatic domain randomization).
+
+Every widened dimension starts at the nominal task; each of its two boundaries ("lo", "hi")
+keeps a buffer of outcomes of episodes played exactly on that boundary. When a buffer holds
+`window` outcomes its success is compared with `threshold`: at or above it, the boundary moves
+out by `step` of the space's range (at least one value for an integer dimension), clipped to the
+space; either way the buffer is cleared, as in ADR. Boundaries never move in, so each box
+contains every earlier one and the solved region stays in the sampled set (the overlap argument).
+
+Sampling: with probability `boundary_prob` a task is pinned to one boundary that can still move
+(chosen uniformly) with the other dimensions uniform in the box, which is how ADR measures a
+boundary; otherwise it is uniform over the box. A result counts for a boundary when its value
+lies on that boundary: results need no tag, results from before a boundary moved no longer
+count for it, and while a dimension is a single value every result measures both its sides.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ada_curriculum.curriculum import constraints
+from ada_curriculum.curriculum.config import WideningConfig
+from envs.task_space import FIELD_NAMES, NOMINAL, TaskParams, TaskSpace
+
+SIDES = ("lo", "hi")
+_ON_BOUNDARY = 1e-9  # values are copied, never recomputed, so only float noise needs allowing
+
+
+def init(space: TaskSpace, cfg: WideningConfig) -> dict:
+    lo, hi = {}, {}
+    for name in FIELD_NAMES:
+        d = space[name]
+        if name in cfg.dims:
+            lo[name] = hi[name] = float(min(max(getattr(NOMINAL, name), d.low), d.high))
+        else:
+            lo[name], hi[name] = float(d.low), float(d.high)
+    return {"lo": lo, "hi": hi, "stage": 0, "buffers": {f"{n}/{s}": [] for n in cfg.dims for s in SIDES}}
+
+
+def box(w: dict, space: TaskSpace) -> TaskSpace:
+    """The box tasks are sampled from now."""
+    return space.with_bounds(**{n: (w["lo"][n], w["hi"][n]) for n in FIELD_NAMES})
+
+
+def limit(space: TaskSpace, name: str, side: str) -> float:
+    d = space[name]
+    return float(d.low if side == "lo" else d.high)
+
+
+def step_size(space: TaskSpace, name: str, cfg: WideningConfig) -> float:
+    d = space[name]
+    width = d.high - d.low
+    return float(max(1, round(cfg.step * width))) if d.integer else cfg.step * width
+
+
+def moved(value: float, lim: float, delta: float, side: str) -> float:
+    return max(lim, value - delta) if side == "lo" else min(lim, value + delta)
+
+
+def live(w: dict, space: TaskSpace, cfg: WideningConfig) -> list[tuple[str, str]]:
+    """Boundaries that have not reached the space's bounds yet."""
+    return [(n, s) for n in cfg.dims for s in SIDES if w[s][n] != limit(space, n, s)]
+
+
+def complete(w: dict, space: TaskSpace, cfg: WideningConfig) -> bool:
+    return not live(w, space, cfg)
+
+
+def max_stage(space: TaskSpace, cfg: WideningConfig) -> int:
+    """Boundary steps from the nominal task to the whole space (the last stage number)."""
+    start, total = init(space, cfg), 0
+    for n in cfg.dims:
+        for s in SIDES:
+            v, lim, delta = start[s][n], limit(space, n, s), step_size(space, n, cfg)
+            bound = int(np.ceil(abs(lim - v) / delta)) + 1 if delta > 0 else 0
+            for _ in range(bound):
+                if v == lim:
+                    break
+                v, total = moved(v, lim, delta, s), total + 1
+            if v != lim:  # a bug in `moved`, not a config problem: fail rather than loop
+                raise RuntimeError(f"{n}: the {s} boundary does not reach {lim} in steps of {delta}")
+    return total
+
+
+def draw(w: dict, space: TaskSpace, cfg: WideningConfig, rng: np.random.Generator) -> TaskParams:
+    b = box(w, space)
+    boundaries = live(w, space, cfg)
+    if boundaries and rng.random() < cfg.boundary_prob:
+        # A slice through a position boundary can hold no valid banana/plate placement yet
+        # (the plate's range has not widened away from it); such a boundary waits.
+        probes = [(n, s) for n, s in boundaries
+                  if n not in constraints.POSITION_DIMS
+                  or constraints.samplable(b.with_bounds(**{n: (w[s][n], w[s][n])}))]
+        if probes:
+            n, s = probes[int(rng.integers(len(probes)))]
+            return b.with_bounds(**{n: (w[s][n], w[s][n])}).sample(rng)
+    return b.sample(rng)
+
+
+def record(w: dict, space: TaskSpace, cfg: WideningConfig, task: TaskParams, success: bool) -> int:
+    """Count one outcome for the boundaries it lies on; returns how many boundaries moved out.
+
+    Mutates `w` (callers hold a private copy).
+    """
+    widened = 0
+    for n in cfg.dims:
+        v = getattr(task, n)
+        for s in SIDES:
+            edge, lim = w[s][n], limit(space, n, s)
+            if edge == lim or abs(v - edge) > _ON_BOUNDARY:
+                continue
+            buf = w["buffers"][f"{n}/{s}"]
+            buf.append(int(success))
+            if len(buf) < cfg.window:
+                continue
+            rate = sum(buf) / len(buf)
+            buf.clear()
+            if rate >= cfg.threshold:
+                w[s][n] = moved(edge, lim, step_size(space, n, cfg), s)
+                w["stage"] += 1
+                widened += 1
+    return widened
+
+
+def coverage(w: dict, space: TaskSpace, cfg: WideningConfig) -> float:
+    """Mean share of each widened dimension's range that the box spans (1 when complete)."""
+    shares = []
+    for n in cfg.dims:
+        d = space[n]
+        width = d.high - d.low
+        shares.append(1.0 if width <= 0 else (w["hi"][n] - w["lo"][n]) / width)
+    return float(np.mean(shares))
