@@ -84,6 +84,11 @@ class Checkpointer:
 def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], keys, prefix: str = "") -> None:
     """Raise `CheckpointError` naming the first field where two config dicts disagree."""
     for key in keys:
+        if "." in key:  # a nested field, e.g. "curriculum.strategy"
+            head, rest = key.split(".", 1)
+            if head in saved:  # absent: a checkpoint from before the field existed
+                check_compatible(saved[head] or {}, current.get(head) or {}, [rest], prefix + head + ".")
+            continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             check_compatible(a, b, sorted(set(a) | set(b)), prefix + key + ".")

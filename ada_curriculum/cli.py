@@ -28,7 +28,9 @@ PLAY_TIME_LIMIT = 400
 
 @dataclasses.dataclass
 class CollectConfig:
-    """Record scripted demonstrations into an episode store."""
+    """Record episodes into an episode store: scripted demonstrations, or (with --policy-run)
+    rollouts of a pretrained diffusion policy sampled at a per-trial degradation schedule
+    (meta-learning data: worse early trials, better late ones, failed trials kept)."""
 
     out: str = dataclasses.field(metadata={"help": "output directory (must not hold a store yet)", "metavar": "DIR"})
     tasks: Literal["nominal", "near", "full"] = dataclasses.field(
@@ -41,6 +43,31 @@ class CollectConfig:
     time_limit: Optional[int] = dataclasses.field(
         default=None, metadata={"min": 1, "help": "control steps per trial (none: the env's default)", "metavar": "N"}
     )
+    trials: Optional[int] = dataclasses.field(
+        default=None, metadata={"min": 1, "help": "trials of one task per episode (none: the env's default)",
+                                "metavar": "K"})
+    policy_run: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "act with this pretrained diffusion policy (a pretrain/train run dir) "
+                                        "instead of the scripted demonstrator", "metavar": "RUN"})
+    degradation_start: Optional[float] = dataclasses.field(
+        default=None, metadata={"min": 0.0, "max": 1.0, "metavar": "LEVEL",
+                                "help": "with --policy-run: degradation level of trial 1 (default 1: fewest DDIM "
+                                        "steps, hottest noise)"})
+    degradation_end: Optional[float] = dataclasses.field(
+        default=None, metadata={"min": 0.0, "max": 1.0, "metavar": "LEVEL",
+                                "help": "with --policy-run: degradation level of trial k (default 0: full quality); "
+                                        "linear in between"})
+    num_envs: int = dataclasses.field(
+        default=8, metadata={"min": 1, "help": "with --policy-run: envs stepped together"})
+    ema: bool = dataclasses.field(default=True, metadata={"help": "with --policy-run: act with the EMA weights"})
+
+    def validate(self):
+        if self.policy_run is None:
+            for name in ("degradation_start", "degradation_end"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(name, "only applies with --policy-run")
+        elif self.play:
+            raise ConfigError("play", "is the scripted demonstrator's; it does not apply with --policy-run")
 
 
 def _check_out_dir(out: Path) -> None:
@@ -51,29 +78,42 @@ def _check_out_dir(out: Path) -> None:
 
 
 def collect(cfg: CollectConfig) -> dict:
-    """Run the scripted demonstrator for ``cfg.episodes`` episodes; returns the summary."""
+    """Record ``cfg.episodes`` episodes (scripted, or a degraded policy's); returns the summary.
+
+    Every episode's manifest entry gets ``meta.trial_success`` and ``meta.trial_steps``;
+    summary.json adds ``success_per_trial`` and ``last_vs_first_trial`` (see
+    `evaluate.per_trial_summary`). ``successes``/``success_rate`` count the episodes whose last
+    trial succeeded.
+    """
     out = Path(cfg.out)
     _check_out_dir(out)
 
     import envs  # heavy (MuJoCo); only once the arguments are known to be good
-
-    from tqdm import tqdm
 
     env_kwargs = {"tasks": cfg.tasks, "seed": cfg.seed}
     if cfg.time_limit is not None:
         env_kwargs["time_limit"] = cfg.time_limit
     elif cfg.play:
         env_kwargs["time_limit"] = PLAY_TIME_LIMIT  # several placements need more than one trial's time
+    if cfg.trials is not None:
+        env_kwargs["trials"] = cfg.trials
     try:
         env = envs.make(cfg.env, **env_kwargs)
-        demo = envs.ScriptedDemonstrator(seed=cfg.seed, play=cfg.play)
     except ValueError as e:  # unknown env name or bad env parameters
         raise ConfigError(None, str(e)) from None
+    if cfg.policy_run is not None:
+        trials = env.trials
+        env.close()
+        return _collect_with_policy(cfg, out, env_kwargs, trials)
+    demo = envs.ScriptedDemonstrator(seed=cfg.seed, play=cfg.play)
+
+    from tqdm import tqdm
 
     writer = EpisodeWriter(out, cfg.env, env_kwargs)
     save_config(cfg, out / "config.json")
     recorder = EpisodeRecorder()
     successes = steps = 0
+    trial_successes = []
     start = time.perf_counter()
     progress = tqdm(total=cfg.episodes, unit="ep", file=sys.stderr, disable=not sys.stderr.isatty())
     try:
@@ -81,13 +121,21 @@ def collect(cfg: CollectConfig) -> dict:
             ts = env.reset()
             demo.reset()
             recorder.start(ts)
+            trial_success, trial_steps, n = [], [], 0
             while not ts.last():
-                action = demo.act(ts.observation)
+                action = demo.act(ts.observation)  # the demonstrator restarts itself on a new trial
                 ts = env.step(action)
                 recorder.step(action, ts)
+                n += 1
+                if ts.info.get("trial_ended") or ts.last():
+                    trial_success.append(bool(ts.info["success"]))
+                    trial_steps.append(n)
+                    n = 0
             success = bool(ts.info["success"])
-            episode = recorder.finish(env.task.to_dict(), env.episode_seed, success, getattr(env, "trials", 1))
+            episode = recorder.finish(env.task.to_dict(), env.episode_seed, success, getattr(env, "trials", 1),
+                                      meta={"trial_success": trial_success, "trial_steps": trial_steps})
             writer.add(episode)
+            trial_successes.append(trial_success)
             successes += success
             steps += episode.length
             progress.update()
@@ -96,7 +144,13 @@ def collect(cfg: CollectConfig) -> dict:
         progress.close()
         writer.close()
         env.close()
-    seconds = time.perf_counter() - start
+    return _write_collect_summary(cfg, out, successes, steps, trial_successes, time.perf_counter() - start)
+
+
+def _write_collect_summary(cfg: CollectConfig, out: Path, successes: int, steps: int, trial_successes: list,
+                           seconds: float, extra: dict | None = None) -> dict:
+    from ada_curriculum.evaluate import per_trial_summary
+
     summary = {
         "env": cfg.env,
         "tasks": cfg.tasks,
@@ -107,9 +161,72 @@ def collect(cfg: CollectConfig) -> dict:
         "mean_steps": steps / cfg.episodes,
         "seconds": round(seconds, 3),
         "env_steps_per_s": round(steps / seconds, 1) if seconds > 0 else None,
+        "trials": max((len(t) for t in trial_successes), default=1),
+        **per_trial_summary(trial_successes),
+        **(extra or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _collect_with_policy(cfg: CollectConfig, out: Path, env_kwargs: dict, trials: int) -> dict:
+    """Meta-learning data: k-trial episodes of one task acted by a pretrained diffusion policy
+    whose trial i is sampled at degradation level `degradation_schedule(start, end, k)[i]`
+    (fewer DDIM steps and hotter noise early, full quality late), so success tends to rise with
+    the trial index. Every trial is kept, failed ones included: a transformer trained on these
+    sequences learns the later trials conditioned on the earlier, worse attempts (the loss
+    weighting is pretrain's `--only-successful/--failed-trial-weight`).
+
+    Tasks and env seeds come from `evaluate.episode_plan` on the collection stream, so they
+    never coincide with the evaluation episodes of the same seed; rollouts are vectorised over
+    `num_envs` envs by `evaluate.rollout`.
+    """
+    from tqdm import tqdm
+
+    from ada_curriculum import evaluate
+    from ada_curriculum.policies.runner import degradation_schedule, degraded_sampling
+    from ada_curriculum.pretrain import load_policy
+
+    policy, variables, _, policy_step = load_policy(cfg.policy_run, use_ema=cfg.ema)
+    if policy.kind != "diffusion":
+        raise ConfigError("policy_run", f"degraded sampling needs a diffusion policy; {cfg.policy_run} holds a "
+                                        f"{policy.kind} policy")
+    start_level = 1.0 if cfg.degradation_start is None else cfg.degradation_start
+    end_level = 0.0 if cfg.degradation_end is None else cfg.degradation_end
+    levels = degradation_schedule(start_level, end_level, trials)
+    trial_sampling = degraded_sampling(policy, levels)
+
+    writer = EpisodeWriter(out, cfg.env, env_kwargs)
+    save_config(cfg, out / "config.json")
+    rollout_kwargs = {k: env_kwargs[k] for k in ("time_limit", "trials") if k in env_kwargs}
+    plan = evaluate.episode_plan(cfg.tasks, cfg.episodes, cfg.seed, stream=evaluate.COLLECT_STREAM)
+    progress = tqdm(total=cfg.episodes, unit="ep", file=sys.stderr, disable=not sys.stderr.isatty())
+    counts = {"successes": 0, "steps": 0}
+    trial_successes = []
+
+    def on_episode(index, result, episode):
+        episode.meta["degradation"] = levels
+        episode.meta["plan_index"] = index
+        writer.add(episode)
+        trial_successes.append(result.trial_successes)
+        counts["successes"] += result.success
+        counts["steps"] += episode.length
+        progress.update()
+        progress.set_postfix(success=f"{counts['successes']}/{progress.n}")
+
+    start = time.perf_counter()
+    try:
+        evaluate.rollout(policy, variables, plan, env_name=cfg.env, num_envs=cfg.num_envs, seed=cfg.seed,
+                         env_kwargs=rollout_kwargs, trial_sampling=trial_sampling, on_episode=on_episode)
+    finally:
+        progress.close()
+        writer.close()
+    extra = {
+        "policy_run": cfg.policy_run, "policy_step": policy_step, "ema": cfg.ema,
+        "degradation_per_trial": [{"level": level, **s} for level, s in zip(levels, trial_sampling)],
+    }
+    return _write_collect_summary(cfg, out, counts["successes"], counts["steps"], trial_successes,
+                                  time.perf_counter() - start, extra)
 
 
 @dataclasses.dataclass
@@ -145,7 +262,9 @@ def evaluate_run(cfg: EvalConfig) -> dict:
             raise ConfigError("degradation", "only diffusion policies have degraded sampling")
         steps, temperature = policy.degradation_params(cfg.degradation)
         sampling = {"num_inference_steps": steps, "temperature": temperature}
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / f"eval-{cfg.tasks}"
+    default_name = f"eval-{cfg.tasks}" + (f"-{cfg.env}" if cfg.env != "banana-place" else "") + (
+        f"-k{cfg.trials}" if cfg.trials else "")
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / default_name
     out.mkdir(parents=True, exist_ok=True)
     env_kwargs = {k: v for k, v in (("trials", cfg.trials), ("time_limit", cfg.time_limit)) if v is not None}
     per_seed, all_results = {}, []
@@ -212,9 +331,21 @@ def dashboard(cfg: DashboardConfig) -> None:
         server.server_close()
 
 
+def _shorthands(argv: list[str]) -> list[str]:
+    """`train --curriculum widening` for `--curriculum.strategy widening`."""
+    out = []
+    for arg in argv:
+        if arg == "--curriculum":
+            arg = "--curriculum.strategy"
+        elif arg.startswith("--curriculum="):
+            arg = "--curriculum.strategy=" + arg.split("=", 1)[1]
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(_shorthands(sys.argv[1:] if argv is None else list(argv)))
         if args.command == "collect":
             cfg = from_namespace(CollectConfig, args)
             summary = collect(cfg)
@@ -222,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"collected {summary['episodes']} episodes, {summary['successes']} successful "
                 f"({summary['success_rate']:.0%}), {summary['env_steps_per_s']} env steps/s -> {cfg.out}"
             )
+            if summary["trials"] > 1:
+                print("success per trial: " + ", ".join(f"{r:.2f}" for r in summary["success_per_trial"]))
         elif args.command == "pretrain":
             from ada_curriculum.pretrain import PretrainConfig, train_and_evaluate
 
@@ -237,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             lo, hi = summary["ci95"]
             print(f"success {summary['success_rate']:.3f} (95% CI {lo:.2f}-{hi:.2f}) over {summary['episodes']} "
                   f"episodes on {cfg.tasks}")
+            if len(summary["success_per_trial"]) > 1:
+                print("success per trial: " + ", ".join(f"{r:.2f}" for r in summary["success_per_trial"])
+                      + f"; last - first: {summary['last_vs_first_trial']:+.2f}")
         elif args.command == "train":
             from ada_curriculum.train import TrainConfig, train
 

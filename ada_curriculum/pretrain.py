@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -48,7 +49,12 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = dataclasses.field(default=1000, metadata={"min": 1, "help": "updates between checkpoints"})
     log_every: int = dataclasses.field(default=100, metadata={"min": 1})
-    only_successful: bool = dataclasses.field(default=True, metadata={"help": "train on successful demos only"})
+    only_successful: bool = dataclasses.field(default=True, metadata={
+        "help": "loss only on actions of successful trials (a failed trial of a multi-trial episode stays in the "
+                "context; an episode with no successful trial is dropped); --no-only-successful: every action"})
+    failed_trial_weight: float = dataclasses.field(default=0.0, metadata={
+        "min": 0.0, "max": 1.0,
+        "help": "with --only-successful: loss weight of actions in failed trials (0: success-filtered BC)"})
     eval_episodes: int = dataclasses.field(default=0, metadata={"min": 0, "help": "evaluate the EMA policy at the end"})
     eval_tasks: Literal["nominal", "near", "full"] = "nominal"
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -83,14 +89,49 @@ def load_policy(run_dir: str | Path, use_ema: bool = True, step: int | None = No
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"checkpoint: {run_dir} has no config.json; not a run directory")
-    cfg = config_lib.load_config(PretrainConfig, cfg_path)
-    policy, optimizer, _ = build(cfg)
+    if "actor_steps_per_call" in json.loads(cfg_path.read_text()):  # a `train` run
+        from ada_curriculum.train import TrainConfig
+
+        cfg = config_lib.load_config(TrainConfig, cfg_path)
+        policy, optimizer = make_policy(cfg.policy, cfg.diffusion), make_optimizer(cfg.optim)
+    else:
+        cfg = config_lib.load_config(PretrainConfig, cfg_path)
+        policy, optimizer, _ = build(cfg)
     ckpt = Checkpointer(run_dir / "checkpoints")
     try:
         state, _, step = ckpt.restore(state_template(policy, optimizer), step)
     finally:
         ckpt.close()
     return policy, (state.ema_variables if use_ema else state.variables), cfg, step
+
+
+def _data_info(policy, episodes) -> dict:
+    """What the training data looks like to the policy: trials per episode, the longest
+    episode, the window the policy trains on, the share of actions with a loss weight; plus
+    warnings when a transformer's context cannot hold the multi-trial episodes whole."""
+    trials = max(int(e.trial_index.max()) + 1 for e in episodes)
+    longest = max(e.length for e in episodes)
+    weights = np.concatenate([np.ones(e.length) if e.action_weight is None else e.action_weight for e in episodes])
+    info = {"demo_trials": trials, "demo_max_episode_steps": int(longest),
+            "demo_weighted_action_fraction": round(float(np.mean(weights > 0)), 4), "warnings": []}
+    if policy.kind == "transformer":
+        c = policy.config
+        info["window"] = int(min(c.max_len, longest))
+        if longest > c.max_len:
+            info["warnings"].append(
+                f"episodes of up to {longest} steps exceed transformer.max_len={c.max_len}: windows slide, so a late "
+                f"trial sees only the last {c.max_len} steps of the earlier ones (raise --transformer.max-len to "
+                f"keep whole episodes in context)")
+        if trials > c.max_trials:
+            info["warnings"].append(
+                f"the store has {trials} trials per episode but transformer.max_trials={c.max_trials}: trials past "
+                f"{c.max_trials} share the last trial embedding")
+        elif 1 < trials < c.max_trials:
+            info["warnings"].append(
+                f"the store has {trials} trials per episode: trial embeddings {trials + 1}..{c.max_trials} stay "
+                f"untrained, and evaluating with more than {trials} trials uses them; --transformer.max-trials "
+                f"{trials} makes every later trial share the last trained one")
+    return info
 
 
 class _StopFlag:
@@ -120,8 +161,12 @@ def train_and_evaluate(cfg: PretrainConfig, workdir: str | Path | None = None) -
     cfg.validate()
     workdir = Path(workdir or cfg.out)
     workdir.mkdir(parents=True, exist_ok=True)
-    episodes = windows_lib.load_store(cfg.demos, only_successful=cfg.only_successful)
+    episodes = windows_lib.load_store(cfg.demos, only_successful=cfg.only_successful,
+                                      failed_trial_weight=cfg.failed_trial_weight)
     policy, optimizer, train_step = build(cfg)
+    data_info = _data_info(policy, episodes)
+    for line in data_info.pop("warnings"):
+        print(f"warning: {line}", file=sys.stderr)
     ckpt = Checkpointer(workdir / "checkpoints")
     current = config_lib.to_dict(cfg)
 
@@ -187,7 +232,7 @@ def train_and_evaluate(cfg: PretrainConfig, workdir: str | Path | None = None) -
     summary = {
         "policy": cfg.policy, "preset": cfg.policy_config().preset,
         "params": policy.param_count(state.variables), "updates": step, "stopped_by": stop_reason,
-        "demo_episodes": len(episodes), "demo_steps": int(sum(e.length for e in episodes)),
+        "demo_episodes": len(episodes), "demo_steps": int(sum(e.length for e in episodes)), **data_info,
         "final_loss": history[-1]["loss"] if history else None,
         "updates_per_s": round((step - (start_step or 0)) / train_seconds, 2) if train_seconds > 0 else None,
         "clip_count": int(state.clip_count), "skip_count": int(state.skip_count),

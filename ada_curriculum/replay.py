@@ -41,12 +41,16 @@ class ReplayFullError(RuntimeError):
 class ReplayConfig:
     demo_table_size: int = 200_000  # demos are never evicted: inserting past this is an error
     online_table_size: int = 100_000  # FIFO eviction of online windows
-    samples_per_insert: float = 8.0  # online table: target samples per inserted window
+    # Online table: target samples per inserted window. Low, because on a CPU machine a learner
+    # update costs far more than the env steps that feed it: at 8, acting starves (the learner
+    # blocks actors' inserts or takes the cores); at 2, each online window is trained on about
+    # twice and acting keeps up (demo windows come on top, from their own table).
+    samples_per_insert: float = 2.0
     min_size_to_sample: int = 256  # online table: no sampling below this many windows
     # How far (in samples) the online sample count may drift from samples_per_insert * inserts
     # either way. The learner may run error_buffer samples ahead (16 batches of 256) before
-    # blocking; actors may run error_buffer / samples_per_insert windows ahead (512 at the
-    # default ratio, a couple of episodes) before their add_episode blocks. Too small makes
+    # blocking; actors may run error_buffer / samples_per_insert windows ahead (2048 at the
+    # default ratio, a few dozen episodes) before their add_episode blocks. Too small makes
     # actors and learner run in lockstep; too large lets the ratio drift.
     error_buffer: float = 4096.0
 

@@ -23,6 +23,7 @@ import jax
 from ada_curriculum import config as config_lib
 from ada_curriculum.agent import remote
 from ada_curriculum.agent.builder import Builder
+from ada_curriculum.curriculum import CurriculumConfig
 from ada_curriculum.checkpointing import Checkpointer, CheckpointError, check_compatible
 from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer
 from ada_curriculum.policies import make_policy, normalizer as normalizer_lib
@@ -32,7 +33,7 @@ from ada_curriculum.replay import ReplayConfig
 
 log = logging.getLogger(__name__)
 
-COMPATIBLE_KEYS = ("policy", "diffusion", "tasks", "env")
+COMPATIBLE_KEYS = ("policy", "diffusion", "tasks", "env", "curriculum.strategy", "curriculum.bins")
 
 
 @dataclasses.dataclass
@@ -74,11 +75,21 @@ class TrainConfig:
     optim: OptimConfig = dataclasses.field(
         default_factory=lambda: OptimConfig(learning_rate=3e-4, warmup_steps=50, decay_steps=100_000))
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
+    stop_success: Optional[float] = dataclasses.field(default=None, metadata={
+        "min": 0.0, "max": 1.0, "help": "end the run once the curriculum covers the task space and held-out "
+                                        "evaluation success reaches this (needs --eval-every)"})
 
     def validate(self):
         self.optim.validate()
         self.replay.validate()
         self.diffusion.validate()
+        self.curriculum.validate()
+        if self.curriculum.strategy != "none" and self.tasks == "nominal":
+            raise ValueError(f"tasks: the {self.curriculum.strategy} curriculum widens inside the task space; "
+                             "'nominal' is a single task, use --tasks full")
+        if self.stop_success is not None and not self.eval_every:
+            raise ValueError("stop_success: needs held-out evaluation (--eval-every > 0)")
         if self.max_updates is None and self.max_env_steps is None and self.max_minutes is None:
             raise ValueError("max_updates: set at least one budget (max_updates, max_env_steps, max_minutes)")
         if self.demo_fraction > 0 and not self.demos:
@@ -147,7 +158,16 @@ def _start_ray(cfg: TrainConfig) -> bool:
         return False
     # An embedded local cluster when no address is given (`make run`); the dashboard comes with
     # issue "dashboard" and is off here to keep start-up light on two cores.
-    ray.init(address=cfg.ray_address, log_to_driver=False, include_dashboard=False)
+    if cfg.ray_address is None:
+        # Ray's CPUs are scheduling slots: each actor and the learner hold one. A small machine
+        # (make run on 2 cores) still runs every actor, sharing the cores, rather than leaving
+        # actors pending for a slot that never frees.
+        import os
+
+        slots = cfg.num_actors + 1 + (1 if cfg.eval_every else 0)
+        ray.init(num_cpus=max(os.cpu_count() or 1, slots), log_to_driver=False, include_dashboard=False)
+    else:
+        ray.init(address=cfg.ray_address, log_to_driver=False, include_dashboard=False)
     return True
 
 
@@ -274,8 +294,11 @@ class _Run:
             self.counters["learner_stalls"] += 1
             log.warning("learner: no replay batch within %.0f s (stall %d)", self.cfg.stall_timeout,
                         self.counters["learner_stalls"])
+        curriculum = remote.call(self.tasks, "metrics")
+        self.curriculum = curriculum
         row = {**out, **{k: v for k, v in self.counters.items()}, "elapsed": self._elapsed(),
-               "recent_success_rate": sum(self._recent) / len(self._recent) if self._recent else None}
+               "recent_success_rate": sum(self._recent) / len(self._recent) if self._recent else None,
+               **{k: curriculum[k] for k in ("curriculum/stage", "curriculum/coverage")}}
         self.history.append(row)
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
@@ -293,6 +316,9 @@ class _Run:
         result = self._eval_ref.result()
         self._eval_ref = None
         self.last_eval = result
+        if self.cfg.stop_success is not None and result.get("episodes") and \
+                remote.call(self.tasks, "done", result["success_rate"], self.cfg.stop_success):
+            self._curriculum_done = True
         row = {"kind": "eval", "updates": self.counters["updates"], "elapsed": self._elapsed(),
                **{f"eval/{k}": v for k, v in result.items()}}
         self._metrics_file.write(json.dumps(row) + "\n")
@@ -311,6 +337,8 @@ class _Run:
 
     def _budget_reached(self) -> str | None:
         c = self.cfg
+        if getattr(self, "_curriculum_done", False):
+            return "curriculum_complete"
         if c.max_updates is not None and self.counters["updates"] >= c.max_updates:
             return "max_updates"
         if c.max_env_steps is not None and self.counters["env_steps"] >= c.max_env_steps:
@@ -337,6 +365,8 @@ class _Run:
             "recent_success_rate": first[-1] if first else None,
             "replay": self.client.info(), "version": self.counters["updates"], "actors": self.actor_stats,
             "eval": getattr(self, "last_eval", None),
+            "curriculum": {k: v for k, v in remote.call(self.tasks, "metrics").items()
+                           if not isinstance(v, (list, dict))},
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

@@ -83,3 +83,34 @@ def test_distributed_run_on_local_ray(demos, tmp_path):
     assert summary["replay"]["online"]["size"] > 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["updates"] >= 16 and rows[-1]["episodes"] > 0
+
+
+def test_curriculum_widens_in_a_real_run_and_its_state_resumes(demos, tmp_path):
+    # Threshold 0 makes widening a fixed schedule (a tiny fresh policy never succeeds): each
+    # boundary moves once two episodes have been played on it. What is under test is the
+    # plumbing: actors' results reach the scheduler, the box grows, the state is checkpointed.
+    run = tmp_path / "run"
+    curriculum = {"strategy": "widening", "widening": {"dims": ["banana_x", "banana_y"], "window": 2,
+                                                       "threshold": 0.0, "boundary_prob": 1.0}}
+    summary = train(tiny(run, demos, distributed=False, tasks="full", curriculum=curriculum, max_updates=8))
+    stage = summary["curriculum"]["curriculum/stage"]
+    assert stage >= 1 and summary["curriculum"]["curriculum/coverage"] > 0
+    bounds = summary["curriculum"]
+    assert bounds["curriculum/bounds/banana_x/lo"] < 0.5 or bounds["curriculum/bounds/banana_x/hi"] > 0.5 \
+        or bounds["curriculum/bounds/banana_y/lo"] < -0.15 or bounds["curriculum/bounds/banana_y/hi"] > -0.15
+    # Dimensions not listed stay at the full range (the box holds the whole space there).
+    assert bounds["curriculum/bounds/target_x/lo"] == 0.38 and bounds["curriculum/bounds/target_x/hi"] == 0.62
+    rows = [r for r in rows_all(run) if r.get("kind") != "eval"]
+    assert rows[-1]["curriculum/stage"] == stage
+
+    ckpt = Checkpointer(run / "checkpoints")
+    saved = ckpt.read_meta()["task_source"]
+    ckpt.close()
+    assert saved["strategy"] == "widening" and saved["widening"]["stage"] == stage
+
+    resumed = train(tiny(run, demos, distributed=False, tasks="full", curriculum=curriculum, max_updates=16))
+    assert resumed["curriculum"]["curriculum/stage"] >= stage  # the box never shrinks, and went on
+
+    # Another strategy on the same run directory is refused with a one-line error.
+    with pytest.raises(Exception, match="curriculum.strategy"):
+        train(tiny(run, demos, distributed=False, tasks="full", curriculum={"strategy": "plr"}, max_updates=20))

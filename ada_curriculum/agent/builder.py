@@ -93,10 +93,10 @@ class Builder:
 
     # -- sources --------------------------------------------------------------------------------
     def make_task_source(self) -> TaskSource:
-        return TaskSource(self.cfg.tasks, seed=self.cfg.seed)
+        return TaskSource(**self.task_source_args())
 
     def task_source_args(self) -> dict:
-        return dict(tasks=self.cfg.tasks, seed=self.cfg.seed)
+        return dict(tasks=self.cfg.tasks, seed=self.cfg.seed, curriculum=getattr(self.cfg, "curriculum", None))
 
     @staticmethod
     def make_variable_source() -> VariableSource:

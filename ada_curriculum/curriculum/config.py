@@ -79,6 +79,7 @@ class WideningConfig:
         default=FIELD_NAMES, metadata={"help": "dimensions that widen; the others stay at the space's bounds"})
     step: float = dataclasses.field(default=0.1, metadata={"help": "boundary step, as a fraction of the full range"})
     window: int = dataclasses.field(default=50, metadata={"min": 1, "help": "boundary episodes per decision (ADR's m)"})
+    # 0 makes it a fixed schedule: a boundary moves whenever its window fills.
     threshold: float = dataclasses.field(default=0.8, metadata={"help": "boundary success that widens (ADR's t_H)"})
     boundary_prob: float = dataclasses.field(
         default=0.5, metadata={"help": "share of tasks pinned to a boundary (ADR's p_b); the rest fill the box"})
@@ -87,7 +88,7 @@ class WideningConfig:
         _check_dims("dims", self.dims)
         _unit("step", self.step, open_low=True)
         _positive_int("window", self.window)
-        _unit("threshold", self.threshold, open_low=True)
+        _unit("threshold", self.threshold)
         _unit("boundary_prob", self.boundary_prob)
 
 
