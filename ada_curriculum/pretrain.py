@@ -28,6 +28,7 @@ from ada_curriculum.data import windows as windows_lib
 from ada_curriculum.data.loader import Prefetcher
 from ada_curriculum.learning import OptimConfig, TrainState, create_train_state, make_optimizer, make_train_step
 from ada_curriculum.policies import make_policy, normalizer as normalizer_lib
+from ada_curriculum.policies.obs import workspace_bounds
 from ada_curriculum.policies.diffusion import DiffusionConfig
 from ada_curriculum.policies.transformer import TransformerConfig
 
@@ -55,6 +56,10 @@ class PretrainConfig:
     failed_trial_weight: float = dataclasses.field(default=0.0, metadata={
         "min": 0.0, "max": 1.0,
         "help": "with --only-successful: loss weight of actions in failed trials (0: success-filtered BC)"})
+    sequence_windows: Literal["auto", "sliding", "episodes"] = dataclasses.field(default="auto", metadata={
+        "help": "transformer windows: 'episodes' trains on whole episodes (each step counted once), 'sliding' on "
+                "windows ending at a uniform step (early steps count more); 'auto': whole episodes for a "
+                "multi-trial store whose episodes fit in transformer.max_len, else sliding"})
     eval_episodes: int = dataclasses.field(default=0, metadata={"min": 0, "help": "evaluate the EMA policy at the end"})
     eval_tasks: Literal["nominal", "near", "full"] = "nominal"
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -134,6 +139,21 @@ def _data_info(policy, episodes) -> dict:
     return info
 
 
+def _whole_episodes(cfg: PretrainConfig, policy, data_info: dict) -> bool:
+    """Whether the transformer trains on whole episodes (`--sequence-windows`)."""
+    if policy.kind != "transformer" or cfg.sequence_windows == "sliding":
+        return False
+    fits = data_info["demo_max_episode_steps"] <= policy.config.max_len
+    if cfg.sequence_windows == "episodes":
+        if not fits:
+            raise config_lib.ConfigError(
+                "sequence_windows", f"'episodes' needs every episode to fit in transformer.max_len="
+                                    f"{policy.config.max_len}; the longest has "
+                                    f"{data_info['demo_max_episode_steps']} steps")
+        return True
+    return fits and data_info["demo_trials"] > 1
+
+
 class _StopFlag:
     """Turns SIGTERM/SIGINT into a flag the loop checks, so a stop ends with a checkpoint."""
 
@@ -165,6 +185,9 @@ def train_and_evaluate(cfg: PretrainConfig, workdir: str | Path | None = None) -
                                       failed_trial_weight=cfg.failed_trial_weight)
     policy, optimizer, train_step = build(cfg)
     data_info = _data_info(policy, episodes)
+    whole_episodes = _whole_episodes(cfg, policy, data_info)
+    if policy.kind == "transformer":
+        data_info["sequence_windows"] = "episodes" if whole_episodes else "sliding"
     for line in data_info.pop("warnings"):
         print(f"warning: {line}", file=sys.stderr)
     ckpt = Checkpointer(workdir / "checkpoints")
@@ -181,13 +204,13 @@ def train_and_evaluate(cfg: PretrainConfig, workdir: str | Path | None = None) -
         obs, act = windows_lib.stack_for_normalizer(episodes)
         rng = jax.random.PRNGKey(cfg.seed)
         init_rng, state_rng = jax.random.split(rng)
-        variables = policy.init(init_rng, normalizer_lib.fit(obs, act))
+        variables = policy.init(init_rng, normalizer_lib.fit(obs, act, obs_bounds=workspace_bounds()))
         state = create_train_state(variables, optimizer, state_rng)
         counters = {"seconds": 0.0, "updates": 0}
     config_lib.save_config(cfg, workdir / "config.json")
 
     step_fn = jax.jit(train_step, donate_argnums=0)
-    sampler = windows_lib.windows_for(policy, episodes)
+    sampler = windows_lib.windows_for(policy, episodes, whole_episodes=whole_episodes)
     # `step` counts attempted updates (a skipped non-finite update counts too; state.step does not).
     step = int(counters.get("updates", int(state.step)))
     batches = Prefetcher(sampler, cfg.batch_size, seed=cfg.seed * 1000 + step)

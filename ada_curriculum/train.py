@@ -27,6 +27,7 @@ from ada_curriculum.curriculum import CurriculumConfig
 from ada_curriculum.checkpointing import Checkpointer, CheckpointError, check_compatible
 from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer
 from ada_curriculum.policies import make_policy, normalizer as normalizer_lib
+from ada_curriculum.policies.obs import workspace_bounds
 from ada_curriculum.policies.diffusion import DiffusionConfig
 from ada_curriculum.pretrain import _StopFlag, load_policy, state_template
 from ada_curriculum.replay import ReplayConfig
@@ -108,7 +109,8 @@ def _initial_state(cfg: TrainConfig, policy, optimizer):
     from ada_curriculum.data import windows as windows_lib
 
     episodes = windows_lib.load_store(cfg.demos)
-    variables = policy.init(rng, normalizer_lib.fit(*windows_lib.stack_for_normalizer(episodes)))
+    variables = policy.init(rng, normalizer_lib.fit(*windows_lib.stack_for_normalizer(episodes),
+                                                       obs_bounds=workspace_bounds()))
     return create_train_state(variables, optimizer, rng)
 
 

@@ -293,3 +293,27 @@ def test_degradation_increases_deviation(trained):
     np.testing.assert_allclose(
         degraded, trained["sample"](steps, obs, rngs[2], temperature)[:, start:start + TINY.n_action_steps],
         atol=1e-5)
+
+
+def test_normaliser_covers_the_task_space_not_only_the_demos():
+    # Demos of one placement: the plate never moves. Fitted on them alone, a plate at the edge
+    # of the table would normalise far outside [-1, 1]; with the workspace bounds it stays inside.
+    import envs
+    from ada_curriculum.policies.obs import OBS_KEYS, OBS_SIZES, workspace_bounds
+
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-0.1, 0.1, (200, OBS_DIM))
+    offset = {k: sum(OBS_SIZES[j] for j in OBS_KEYS[:i]) for i, k in enumerate(OBS_KEYS)}
+    tx, ty = offset["target_pos"], offset["target_pos"] + 1
+    obs[:, tx], obs[:, ty] = envs.NOMINAL.target_x, envs.NOMINAL.target_y
+    action = rng.uniform(-1, 1, (200, ACTION_DIM))
+    far = obs[:1].copy()
+    far[0, tx], far[0, ty] = envs.FULL["target_x"].high, envs.FULL["target_y"].low
+
+    narrow = normalizer.fit(obs, action)
+    assert abs(float(normalizer.normalize(narrow["obs"], far)[0, ty])) > 10
+    wide = normalizer.fit(obs, action, obs_bounds=workspace_bounds())
+    assert np.all(np.abs(np.asarray(normalizer.normalize(wide["obs"], far))[0, [tx, ty]]) <= 1.0 + 1e-6)
+    # Entries without known bounds keep the demos' range.
+    np.testing.assert_allclose(wide["obs"]["low"][:6], narrow["obs"]["low"][:6])
+    np.testing.assert_allclose(wide["action"]["low"], narrow["action"]["low"])

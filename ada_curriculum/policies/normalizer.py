@@ -14,18 +14,25 @@ import numpy as np
 MIN_HALF_RANGE = 1e-2
 
 
-def fit(obs: np.ndarray, action: np.ndarray) -> dict:
-    """Statistics from (N, obs_dim) observations and (N, action_dim) actions."""
+def fit(obs: np.ndarray, action: np.ndarray, obs_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Statistics from (N, obs_dim) observations and (N, action_dim) actions.
 
-    def stats(x):
+    `obs_bounds` (low, high per obs entry, NaN where unknown) widens the observation range to
+    what the task space can produce beyond the demos (see `obs.workspace_bounds`).
+    """
+
+    def stats(x, bounds=None):
         x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
         if not np.all(np.isfinite(x)):
             raise ValueError("normaliser: data holds NaN or inf")
         lo, hi = x.min(0), x.max(0)
+        if bounds is not None:
+            lo = np.where(np.isnan(bounds[0]), lo, np.fmin(lo, bounds[0]))
+            hi = np.where(np.isnan(bounds[1]), hi, np.fmax(hi, bounds[1]))
         mid, half = (hi + lo) / 2, np.maximum((hi - lo) / 2, MIN_HALF_RANGE)
         return {"low": (mid - half).astype(np.float32), "high": (mid + half).astype(np.float32)}
 
-    return {"obs": stats(obs), "action": stats(action)}
+    return {"obs": stats(obs, obs_bounds), "action": stats(action)}
 
 
 def normalize(stats: dict, x):

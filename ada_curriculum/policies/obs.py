@@ -25,3 +25,25 @@ def flatten_obs(obs: Mapping[str, np.ndarray]) -> np.ndarray:
         v = np.asarray(v, np.float32)
         parts.append(v.reshape(*v.shape[: v.ndim - (1 if OBS_SIZES[k] else 0)], OBS_SIZES[k]))
     return np.concatenate(parts, axis=-1)
+
+
+def workspace_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """Per observation entry, the (low, high) the task space can produce; NaN where unknown.
+
+    Positions on the table (banana, plate, end effector in x/y) span the full task space's
+    placement box. The normaliser takes these in, so a policy fitted on demos of one placement
+    still sees every later placement inside [-1, 1]: a normaliser fitted on the demos alone maps
+    a plate 4 cm off the demo's to 4x its training range, and neither BC nor RL transfers.
+    """
+    import envs
+
+    full = envs.FULL
+    x = (min(full["banana_x"].low, full["target_x"].low), max(full["banana_x"].high, full["target_x"].high))
+    y = (min(full["banana_y"].low, full["target_y"].low), max(full["banana_y"].high, full["target_y"].high))
+    low, high = np.full(OBS_DIM, np.nan), np.full(OBS_DIM, np.nan)
+    start = 0
+    for k in OBS_KEYS:
+        if k in ("ee_pos", "banana_pos", "target_pos"):
+            low[start:start + 2], high[start:start + 2] = (x[0], y[0]), (x[1], y[1])
+        start += OBS_SIZES[k]
+    return low, high
