@@ -381,6 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = train(cfg)
             print(f"stopped by {summary['stopped_by']}: {summary['updates']} updates, {summary['env_steps']} env "
                   f"steps, {summary['episodes']} episodes, recent success {summary['recent_success_rate']}")
+            first, last = summary.get("eval_first") or {}, summary.get("eval") or {}
+            if first.get("episodes") and last.get("episodes"):
+                print(f"held-out success on {last['tasks']}: {first['success_rate']:.2f} at update "
+                      f"{first['version']} -> {last['success_rate']:.2f} at update {last['version']}")
         elif args.command == "dashboard":
             dashboard(from_namespace(DashboardConfig, args))
         return 0

@@ -263,7 +263,9 @@ class _Run:
         self.actor_stats = [{"env_steps": 0, "episodes": 0, "version": None, "failures": 0,
                              "episodes_since_failure": 0} for _ in self.actors]
         self._last_checkpoint = self.counters["updates"]
-        self._last_eval = self.counters["updates"]
+        # The first evaluation runs at once: the starting weights' held-out success is the
+        # baseline every later evaluation is read against.
+        self._last_eval = self.counters["updates"] - cfg.eval_every
         self._eval_ref = None
         self.evaluator = None
         if cfg.eval_every:
@@ -318,6 +320,8 @@ class _Run:
         result = self._eval_ref.result()
         self._eval_ref = None
         self.last_eval = result
+        if getattr(self, "first_eval", None) is None:
+            self.first_eval = result
         if self.cfg.stop_success is not None and result.get("episodes") and \
                 remote.call(self.tasks, "done", result["success_rate"], self.cfg.stop_success):
             self._curriculum_done = True
@@ -367,6 +371,7 @@ class _Run:
             "recent_success_rate": first[-1] if first else None,
             "replay": self.client.info(), "version": self.counters["updates"], "actors": self.actor_stats,
             "eval": getattr(self, "last_eval", None),
+            "eval_first": getattr(self, "first_eval", None),
             "curriculum": {k: v for k, v in remote.call(self.tasks, "metrics").items()
                            if not isinstance(v, (list, dict))},
         }
