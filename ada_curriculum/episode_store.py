@@ -13,7 +13,12 @@ Layout::
     {"format": "ada-curriculum-episodes", "version": 1,
      "env": "banana-place", "env_kwargs": {...},
      "episodes": [{"file": "episode_000000.npz", "length": T, "success": true,
-                   "return": 1.0, "seed": 123, "task": {...}, "trials": 1}, ...]}
+                   "return": 1.0, "seed": 123, "task": {...}, "trials": 1,
+                   "meta": {"trial_success": [true], "trial_steps": [57]}}, ...]}
+
+``meta`` is optional (an object of JSON values): what the collector knows about the episode
+beyond its arrays, e.g. per-trial success and steps, and for policy rollouts the degradation
+level each trial was sampled at.
 
 Each ``episode_XXXXXX.npz`` (compressed, loaded with ``allow_pickle=False``) holds:
 
@@ -73,6 +78,7 @@ class Episode:
     seed: int
     success: bool
     trials: int = 1
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # manifest "meta" (JSON values)
 
     @property
     def length(self) -> int:
@@ -81,6 +87,10 @@ class Episode:
     @property
     def episode_return(self) -> float:
         return float(np.sum(self.rewards, dtype=np.float64))
+
+    def trial_results(self) -> tuple[list[bool], list[int]]:
+        """(success, steps) of each trial, from the arrays (see `trial_results`)."""
+        return trial_results(self.observations.get("trial_index"), self.rewards)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The npz contents, with the store's dtypes; ValueError naming the field if inconsistent."""
@@ -107,6 +117,29 @@ class Episode:
                 raise ValueError(f"episode: observations[{key!r}]: expected {t + 1} rows, got shape {value.shape}")
             arrays[f"obs/{key}"] = value
         return arrays
+
+
+def action_trials(trial_index: np.ndarray | None, length: int) -> np.ndarray:
+    """Trial of each of an episode's `length` actions, from the observations' `trial_index`.
+
+    Action t is taken at observation t, so its trial is ``trial_index[t]``: the step that ends
+    trial i returns the first observation of trial i + 1 (the env resets the scene within the
+    step), but the action that led there still belongs to trial i. No `trial_index`: trial 0.
+    """
+    if trial_index is None:
+        return np.zeros(length, np.int64)
+    return np.asarray(trial_index, np.int64).reshape(-1)[:length]
+
+
+def trial_results(trial_index: np.ndarray | None, rewards: np.ndarray) -> tuple[list[bool], list[int]]:
+    """(success, steps) per trial of one episode: a trial succeeded iff one of its steps has a
+    positive reward (the sparse reward arrives on the step that ends a successful trial)."""
+    rewards = np.asarray(rewards).reshape(-1)
+    trials = action_trials(trial_index, len(rewards))
+    k = int(trials.max()) + 1 if len(trials) else 0
+    success = [bool(np.any(rewards[trials == i] > 0)) for i in range(k)]
+    steps = [int(np.sum(trials == i)) for i in range(k)]
+    return success, steps
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -188,6 +221,8 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
                 raise EpisodeStoreError(f"{path}: episodes[{i}].{name}: missing")
             if not check(entry[name]):
                 raise EpisodeStoreError(f"{path}: episodes[{i}].{name}: expected {want}, got {entry[name]!r}")
+        if "meta" in entry and not isinstance(entry["meta"], dict):
+            raise EpisodeStoreError(f"{path}: episodes[{i}].meta: expected an object, got {entry['meta']!r}")
         if entry["file"] in seen:
             raise EpisodeStoreError(f"{path}: episodes[{i}].file: {entry['file']} is listed twice")
         seen.add(entry["file"])
@@ -256,6 +291,8 @@ class EpisodeWriter:
             "task": _jsonable(dict(episode.task), "task"),
             "trials": int(episode.trials),
         }
+        if episode.meta:
+            entry["meta"] = _jsonable(dict(episode.meta), "meta")
         _atomic_write(self.root / entry["file"], lambda fh: np.savez_compressed(fh, **arrays))
         # Commit in memory only once the new manifest is on disk, so a failed add leaves
         # writer and disk agreeing (the unlisted npz is ignored, and overwritten by the next add).
@@ -322,6 +359,7 @@ class EpisodeStore:
             seed=entry["seed"],
             success=entry["success"],
             trials=entry["trials"],
+            meta=copy.deepcopy(entry.get("meta", {})),
         )
 
     def __iter__(self) -> Iterator[Episode]:
@@ -444,7 +482,8 @@ class EpisodeRecorder:
         self._discounts.append(1.0 if timestep.discount is None else float(timestep.discount))
         self._step_types.append(int(timestep.step_type))
 
-    def finish(self, task: Mapping[str, Any], seed: int, success: bool, trials: int = 1) -> Episode:
+    def finish(self, task: Mapping[str, Any], seed: int, success: bool, trials: int = 1,
+               meta: Mapping[str, Any] | None = None) -> Episode:
         if self._obs is None:
             raise RuntimeError("EpisodeRecorder.finish() called before start()")
         obs = {k: np.stack([o[k] for o in self._obs]) for k in self._obs[0]}
@@ -462,6 +501,7 @@ class EpisodeRecorder:
             seed=int(seed),
             success=bool(success),
             trials=int(trials),
+            meta=dict(meta or {}),
         )
         self._clear()
         return episode

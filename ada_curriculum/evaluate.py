@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 import envs
+from ada_curriculum.episode_store import Episode, EpisodeRecorder
 from ada_curriculum.policies.runner import PolicyRunner
 
 # Task bins: banana (x, y) on a 3 x 3 grid over the full task space.
@@ -40,10 +41,16 @@ def task_bin(task: envs.TaskParams) -> str:
     return f"x{index('banana_x', task.banana_x)}_y{index('banana_y', task.banana_y)}"
 
 
-def episode_plan(tasks, episodes: int, seed: int) -> list[tuple[envs.TaskParams, int]]:
-    """(task, env seed) for each evaluation episode, reproducible from `seed`."""
+# Stream tags for `episode_plan`: evaluation and data collection draw (task, seed) pairs from
+# different streams, so a store collected with seed s never holds the tasks evaluated with seed s.
+EVAL_STREAM = 7919
+COLLECT_STREAM = 104729
+
+
+def episode_plan(tasks, episodes: int, seed: int, stream: int = EVAL_STREAM) -> list[tuple[envs.TaskParams, int]]:
+    """(task, env seed) for each evaluation episode, reproducible from `seed` (and `stream`)."""
     space = envs.resolve_tasks(tasks)
-    rng = np.random.default_rng([seed, 7919])
+    rng = np.random.default_rng([seed, stream])
     plan = []
     for _ in range(episodes):
         task = space if isinstance(space, envs.TaskParams) else space.sample(rng)
@@ -59,22 +66,32 @@ class EpisodeResult:
     steps: int
     trial_successes: list[bool]
     unstable: bool
+    trial_steps: list[int] = dataclasses.field(default_factory=list)
 
 
 def rollout(policy, variables, plan: Sequence[tuple], env_name: str = "banana-place", num_envs: int = 8,
             seed: int = 0, env_kwargs: dict | None = None, video_episodes: int = 0, video_dir: Path | None = None,
-            sampling: dict | None = None) -> list[EpisodeResult]:
-    """Run every (task, seed) of `plan` with `num_envs` envs stepped in lockstep."""
+            sampling: dict | None = None, trial_sampling: Sequence[dict] | None = None,
+            on_episode: Callable[[int, EpisodeResult, Episode], None] | None = None) -> list[EpisodeResult]:
+    """Run every (task, seed) of `plan` with `num_envs` envs stepped in lockstep.
+
+    `trial_sampling`: sampling arguments per trial index (see `PolicyRunner`). `on_episode`:
+    every episode is also recorded (observations, actions, rewards) and passed, as an
+    `episode_store.Episode` with per-trial success and steps in its `meta`, to
+    `on_episode(plan_index, result, episode)` as soon as it ends (in the order episodes end).
+    """
     env_kwargs = dict(env_kwargs or {})
     num_envs = max(1, min(num_envs, len(plan)))
     pool = [envs.make(env_name, tasks="full", seed=seed + j, **env_kwargs) for j in range(num_envs)]
-    runner = PolicyRunner(policy, variables, num_envs, seed=seed, **(sampling or {}))
+    runner = PolicyRunner(policy, variables, num_envs, seed=seed, trial_sampling=trial_sampling, **(sampling or {}))
+    recorders = [EpisodeRecorder() for _ in range(num_envs)] if on_episode is not None else None
     results: list[EpisodeResult | None] = [None] * len(plan)
     next_ep = 0
     slot_ep = [-1] * num_envs
     timesteps = [None] * num_envs
     steps = [0] * num_envs
     trial_success: list[list[bool]] = [[] for _ in range(num_envs)]
+    trial_steps: list[list[int]] = [[] for _ in range(num_envs)]
     frames: dict[int, list[np.ndarray]] = {}
 
     def start(j):
@@ -85,8 +102,10 @@ def rollout(policy, variables, plan: Sequence[tuple], env_name: str = "banana-pl
         task, ep_seed = plan[next_ep]
         slot_ep[j], next_ep = next_ep, next_ep + 1
         timesteps[j] = pool[j].reset(task=task, seed=ep_seed)
-        steps[j], trial_success[j] = 0, []
+        steps[j], trial_success[j], trial_steps[j] = 0, [], []
         runner.reset(j)
+        if recorders is not None:
+            recorders[j].start(timesteps[j])
         if slot_ep[j] < video_episodes:
             frames[slot_ep[j]] = [pool[j].render(size=(240, 320))]
 
@@ -100,14 +119,24 @@ def rollout(policy, variables, plan: Sequence[tuple], env_name: str = "banana-pl
                 continue
             ts = pool[j].step(actions[j])
             timesteps[j], steps[j] = ts, steps[j] + 1
+            if recorders is not None:
+                recorders[j].step(actions[j], ts)
             if slot_ep[j] in frames:
                 frames[slot_ep[j]].append(pool[j].render(size=(240, 320)))
             if ts.info.get("trial_ended") or ts.last():
                 trial_success[j].append(bool(ts.info["success"]))
+                trial_steps[j].append(steps[j] - sum(trial_steps[j]))
             if ts.last():
-                results[slot_ep[j]] = EpisodeResult(
+                result = EpisodeResult(
                     task=pool[j].task, seed=pool[j].episode_seed, success=bool(ts.info["success"]),
-                    steps=steps[j], trial_successes=trial_success[j], unstable=bool(ts.info["physics_unstable"]))
+                    steps=steps[j], trial_successes=trial_success[j], unstable=bool(ts.info["physics_unstable"]),
+                    trial_steps=trial_steps[j])
+                results[slot_ep[j]] = result
+                if recorders is not None:
+                    episode = recorders[j].finish(
+                        result.task.to_dict(), result.seed, result.success, pool[j].trials,
+                        meta={"trial_success": list(result.trial_successes), "trial_steps": list(result.trial_steps)})
+                    on_episode(slot_ep[j], result, episode)
                 start(j)
     for env in pool:
         env.close()
@@ -144,12 +173,45 @@ def summarize(results: Sequence[EpisodeResult]) -> dict:
         b["successes"] += int(r.success)
     for b in bins.values():
         b["success_rate"] = b["successes"] / b["episodes"]
-    k = max((len(r.trial_successes) for r in results), default=0)
-    per_trial = [float(np.mean([r.trial_successes[i] for r in results if len(r.trial_successes) > i]))
-                 for i in range(k)]
     return {
         "episodes": n, "successes": wins, "success_rate": wins / n if n else 0.0, "ci95": [lo, hi],
         "mean_steps": float(np.mean([r.steps for r in results])) if n else 0.0,
         "unstable": sum(r.unstable for r in results),
-        "per_bin": dict(sorted(bins.items())), "success_per_trial": per_trial,
+        "per_bin": dict(sorted(bins.items())), **per_trial_summary([r.trial_successes for r in results]),
     }
+
+
+def per_trial_summary(trial_successes: Sequence[Sequence[bool]], z: float = 1.96) -> dict:
+    """Success per trial index (ADA's measure of in-context improvement) from each episode's
+    list of trial outcomes.
+
+    `success_per_trial[i]`: success rate of trial i + 1 over the episodes that reached it, with
+    95% Wilson intervals in `success_per_trial_ci95`. `last_vs_first_trial`: success at the
+    last trial minus success at the first (None with fewer than two trials). Both trials come
+    from the same episodes, so the difference is a mean of paired differences (-1, 0 or +1 per
+    episode that ran every trial): `last_vs_first_trial_ci95` is the Agresti-Min adjusted Wald
+    interval for a difference of paired proportions (half a pseudo-count in each cell of the
+    2 x 2 table, so it stays sane at 0 discordant pairs), and `last_vs_first_trial_counts` gives
+    the discordant pairs (first failed and last succeeded, and the reverse) that a sign or
+    McNemar test would use.
+    """
+    k = max((len(t) for t in trial_successes), default=0)
+    per_trial, per_trial_ci = [], []
+    for i in range(k):
+        outcomes = [bool(t[i]) for t in trial_successes if len(t) > i]
+        per_trial.append(float(np.mean(outcomes)))
+        per_trial_ci.append(list(wilson_interval(sum(outcomes), len(outcomes), z)))
+    out = {"success_per_trial": per_trial, "success_per_trial_ci95": per_trial_ci,
+           "last_vs_first_trial": None, "last_vs_first_trial_ci95": None, "last_vs_first_trial_counts": None}
+    paired = [(bool(t[0]), bool(t[k - 1])) for t in trial_successes if len(t) == k]
+    if k >= 2:
+        out["last_vs_first_trial"] = per_trial[-1] - per_trial[0]
+    if k >= 2 and paired:
+        improved = sum(last and not first for first, last in paired)
+        worsened = sum(first and not last for first, last in paired)
+        n = len(paired) + 2  # Agresti & Min (2005): +0.5 in each of the four cells
+        b, c = (improved + 0.5) / n, (worsened + 0.5) / n
+        half = z * math.sqrt(max(b + c - (b - c) ** 2, 0.0) / n)
+        out["last_vs_first_trial_ci95"] = [max(-1.0, b - c - half), min(1.0, b - c + half)]
+        out["last_vs_first_trial_counts"] = {"episodes": len(paired), "improved": improved, "worsened": worsened}
+    return out

@@ -192,8 +192,10 @@ def test_sequence_windows_mask_context_and_chunks():
             t = int(steps[j] - base)
             prev = b["prev_action"][i, j, 0]
             assert prev == (0.0 if t == 0 else base + t - 1 + 0.5)
+            trial = [0] * 3 + [1] * (n - 2)  # as in _episodes()
             for c in range(2):
-                assert b["action_mask"][i, j, c] == (t + c < n)
+                # Inside the episode and the same trial: a chunk stops at a trial boundary.
+                assert b["action_mask"][i, j, c] == (t + c < n and trial[t + c] == trial[t])
                 if t + c < n:
                     assert b["action"][i, j, c, 0] == base + t + c + 0.5
         assert not b["obs"][i, m:].any()

@@ -18,7 +18,8 @@ Sequence batches (`kind == "transformer"`), left-aligned windows of one episode:
     trial_index  (B, T) int32              trial within a multi-trial episode
     mask         (B, T) bool               valid steps
     action       (B, T, n_action_steps, action_dim)   the chunk a_t .. a_{t+k-1}
-    action_mask  (B, T, n_action_steps) bool           chunk entries inside the episode
+    action_mask  (B, T, n_action_steps) bool           chunk entries inside the episode and trial
+    action_weight (B, T, n_action_steps) optional      per-entry loss weight (e.g. trial success)
     weight       (B,) optional
 
 `predict_action(variables, batch, rng, **sampling)` takes the same keys minus the targets and

@@ -5,11 +5,22 @@ When an environment's queue runs dry it is replanned; the batch passed to the (j
 policy always has the full, fixed size, so nothing recompiles as episodes end at different
 times. Diffusion policies see the last `n_obs_steps` observations; sequence policies see as
 much of the episode as fits in `max_len`, earlier trials included.
+
+When a trial ends (the observation's `trial_index` changes) the actions still queued from the
+old trial are dropped and the env replans from the new trial's first observation: the scene
+has been reset, so the rest of a chunk planned for the old one is meaningless there.
+
+`trial_sampling` gives each trial index its own sampling arguments (the last entry serves every
+later trial), e.g. a diffusion policy sampled more degraded in early trials than in late ones
+(meta-learning data, see `degradation_schedule`). Rows that replan at once but sit in trials
+with different sampling are predicted in one full-size call per distinct setting.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import deque
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -17,12 +28,61 @@ import numpy as np
 from ada_curriculum.policies.obs import flatten_obs
 
 
+def degradation_schedule(start: float, end: float, trials: int) -> list[float]:
+    """Degradation level of each of `trials` trials: linear from `start` (trial 1) to `end`
+    (trial k); one trial gets `start`. Levels as `DiffusionPolicy.degradation_params` reads them
+    (0 full quality, 1 the fewest DDIM steps and the hottest noise)."""
+    if trials < 1:
+        raise ValueError(f"trials: must be >= 1, got {trials}")
+    for name, v in (("start", start), ("end", end)):
+        if not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"degradation {name}: must be in [0, 1], got {v}")
+    if trials == 1:
+        return [float(start)]
+    return [float(start + (end - start) * i / (trials - 1)) for i in range(trials)]
+
+
+def degraded_sampling(policy, levels: Sequence[float]) -> list[dict]:
+    """Per-trial sampling arguments (`num_inference_steps`, `temperature`) for a diffusion
+    policy at the given degradation levels, for `PolicyRunner(trial_sampling=...)`."""
+    if policy.kind != "diffusion":
+        raise ValueError(f"policy: degraded sampling needs a diffusion policy, got {policy.kind!r}")
+    out = []
+    for level in levels:
+        steps, temperature = policy.degradation_params(level)
+        out.append({"num_inference_steps": int(steps), "temperature": float(temperature)})
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_predict(policy, sampling: tuple):
+    """One jitted `predict_action` per (policy, sampling), shared by every runner in the process,
+    so a new runner (another evaluation seed, a new rollout) reuses the compiled executables."""
+    kwargs = dict(sampling)
+    return jax.jit(lambda v, b, r: policy.predict_action(v, b, r, **kwargs))
+
+
+def _predict_fn(policy, sampling: tuple):
+    try:
+        return _jitted_predict(policy, sampling)
+    except TypeError:  # an unhashable sampling value (e.g. an array): a runner-private jit
+        kwargs = dict(sampling)
+        return jax.jit(lambda v, b, r: policy.predict_action(v, b, r, **kwargs))
+
+
 class PolicyRunner:
-    def __init__(self, policy, variables, num_envs: int, seed: int = 0, **sampling):
+    def __init__(self, policy, variables, num_envs: int, seed: int = 0,
+                 trial_sampling: Sequence[dict] | None = None, **sampling):
         self.policy, self.num_envs = policy, num_envs
         self.variables = variables
         self._rng = jax.random.PRNGKey(seed)
-        self._predict = jax.jit(lambda v, b, r: policy.predict_action(v, b, r, **sampling))
+        # One sampling setting per trial index (the last one for every later trial), each with
+        # its own jitted predict (a DDIM step count is static, so each one compiles once).
+        self.trial_sampling = [dict(sampling, **s) for s in trial_sampling] if trial_sampling else [dict(sampling)]
+        keys = [tuple(sorted(s.items())) for s in self.trial_sampling]
+        self._setting = [keys.index(key) for key in keys]  # trial -> first equal setting
+        self._predicts = {i: _predict_fn(policy, keys[i]) for i in sorted(set(self._setting))}
+        self._predict = self._predicts[0]  # the first trial's (the only one without trial_sampling)
         self._seq = policy.kind == "transformer"
         self._history = int(policy.config.max_len) if self._seq else int(policy.n_obs_steps)
         self.reset()
@@ -45,21 +105,33 @@ class PolicyRunner:
             history.clear()
         self._last_action[i] = np.zeros(self.policy.action_dim, np.float32)
 
+    def sampling_for_trial(self, trial: int) -> dict:
+        """The sampling arguments used in trial `trial` (0-based)."""
+        return self.trial_sampling[self._setting[min(int(trial), len(self._setting) - 1)]]
+
     def act(self, observations: list[dict], active: list[bool] | None = None) -> np.ndarray:
         """Actions (num_envs, action_dim) for one step of every env (inactive envs get zeros)."""
         active = [True] * self.num_envs if active is None else active
         for j, obs in enumerate(observations):
             if not active[j]:
                 continue
+            trial = int(np.asarray(obs.get("trial_index", 0)))
+            if self._trial[j] and self._trial[j][-1] != trial:
+                self._queue[j].clear()  # a new trial: the old trial's plan no longer applies
             self._obs[j].append(flatten_obs(obs))
             self._prev[j].append(self._last_action[j])
-            self._trial[j].append(int(np.asarray(obs.get("trial_index", 0))))
+            self._trial[j].append(trial)
         need = [j for j in range(self.num_envs) if active[j] and not self._queue[j]]
         if need:
-            self._rng, key = jax.random.split(self._rng)
-            chunk = np.asarray(self._predict(self.variables, self._batch(), key))
+            groups: dict[int, list[int]] = {}
             for j in need:
-                self._queue[j].extend(chunk[j])
+                groups.setdefault(self._setting[min(self._trial[j][-1], len(self._setting) - 1)], []).append(j)
+            batch = self._batch()
+            for setting, rows in sorted(groups.items()):
+                self._rng, key = jax.random.split(self._rng)
+                chunk = np.asarray(self._predicts[setting](self.variables, batch, key))
+                for j in rows:
+                    self._queue[j].extend(chunk[j])
         actions = np.zeros((self.num_envs, self.policy.action_dim), np.float32)
         for j in range(self.num_envs):
             if active[j]:

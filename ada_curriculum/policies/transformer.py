@@ -132,8 +132,10 @@ class TransformerPolicy(Policy):
     def loss(self, variables: Variables, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
         """Masked MSE in normalised action units.
 
-        Every valid (step, chunk entry) counts once, scaled by its example's weight, so "loss" is
-        the weight-averaged per-entry MSE; "mse" is the same without weights.
+        Every valid (step, chunk entry) counts once, scaled by its example's weight and, if the
+        batch has one, by its per-entry `action_weight (B, T, k)` (e.g. 0 for actions of failed
+        trials, which then only serve as context), so "loss" is the weight-averaged per-entry
+        MSE; "mse" is the same without weights.
         """
         pred = self._forward(variables, batch, rng)
         m = batch["mask"].astype(bool)[:, :, None] & batch["action_mask"].astype(bool)  # (B, T, k)
@@ -146,6 +148,9 @@ class TransformerPolicy(Policy):
         weight = batch.get("weight")
         w = jnp.ones(m.shape[0], jnp.float32) if weight is None else jnp.asarray(weight, jnp.float32)
         wm = m * w[:, None, None]
+        action_weight = batch.get("action_weight")
+        if action_weight is not None:
+            wm = wm * jnp.asarray(action_weight, jnp.float32)
         loss = jnp.sum(wm * err) / jnp.maximum(jnp.sum(wm), 1e-8)
         mse = jnp.sum(m * err) / jnp.maximum(jnp.sum(m), 1.0)
         return loss, {"loss": loss, "mse": mse}

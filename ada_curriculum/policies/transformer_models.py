@@ -58,11 +58,13 @@ class CausalTransformer(nn.Module):
         if T > self.max_len:
             raise ValueError(f"max_len: window of {T} steps exceeds max_len={self.max_len}")
 
-        trial_index = jnp.clip(trial_index.astype(jnp.int32), 0, self.max_trials - 1)
         # A trial boundary is where trial_index changes; t = 0 always starts a segment, so the
-        # model is told explicitly where each trial's context begins.
+        # model is told explicitly where each trial's context begins. Found before clipping, so
+        # trials past max_trials (which share the last embedding) are still separated.
+        trial_index = trial_index.astype(jnp.int32)
         change = trial_index[:, 1:] != trial_index[:, :-1]
         start = jnp.concatenate([jnp.ones((B, 1), bool), change], axis=1)
+        trial_index = jnp.clip(trial_index, 0, self.max_trials - 1)
 
         x = (nn.Dense(self.d_model, name="obs_embed")(obs)
              + nn.Dense(self.d_model, name="prev_action_embed")(prev_action)
