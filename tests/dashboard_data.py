@@ -61,7 +61,8 @@ def populate(run_dir: Path, updates: int = 200, every: int = 10, videos: bool = 
                                     "per_bin": {"x0_y0": {"episodes": 3, "successes": 2, "success_rate": 2 / 3},
                                                 "x1_y1": {"episodes": 5, "successes": 4, "success_rate": 0.8}},
                                     "success_per_trial": [0.5, 0.75, 0.875], "videos": paths}, wall_time=t)
-                w.distillation(step, generation=step // 100, preset=["small", "base", "large", "xl"][min(step // 100, 3)],
+                preset = ["small", "base", "large", "xl"][min(step // 100, 3)]
+                w.distillation(step, generation=step // 100, preset=preset,
                                params=1_700_000 * 4 ** (step // 100), teacher_success=0.8, student_success=0.6,
                                distance_to_teacher=0.3 / (step // 100), weight=0.5, wall_time=t)
         centres = rng.normal(size=(3, 16)) * 4

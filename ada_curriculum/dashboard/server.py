@@ -43,7 +43,8 @@ class DashboardConfig:
 
     run_dir: str = dataclasses.field(
         metadata={"help": "run directory, or a folder holding run directories", "metavar": "RUN_DIR"})
-    host: str = dataclasses.field(default="127.0.0.1", metadata={"help": "address to bind (loopback: this machine only)"})
+    host: str = dataclasses.field(default="127.0.0.1",
+                                  metadata={"help": "address to bind (loopback: this machine only)"})
     port: int = dataclasses.field(default=8000, metadata={"min": 0, "max": 65535, "help": "TCP port (0: any free one)"})
 
 

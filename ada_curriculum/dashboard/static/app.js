@@ -183,7 +183,7 @@
 
   // values: [{label, value in [0, 1]}] as vertical bars.
   function barChart(values, opts = {}) {
-    const W = 360, H = 150, m = { l: 36, r: 8, t: 8, b: 26 };
+    const W = 360, H = 160, m = { l: 36, r: 8, t: 18, b: 26 };
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img" });
     const bw = (W - m.l - m.r) / Math.max(values.length, 1);
     for (const t of [0, 0.5, 1]) {
@@ -566,7 +566,8 @@
     const list = evals.evaluations;
     renderHeader(health);
     renderCurriculum(curriculum.latest);
-    renderHeatmap(curriculum.latest, list.length ? list[list.length - 1] : null);
+    const binned = list.filter((e) => e.per_bin && Object.keys(e.per_bin).length);
+    renderHeatmap(curriculum.latest, binned.length ? binned[binned.length - 1] : null);
     renderLearning();
     renderHealth(health);
     renderMeta(list);
