@@ -53,7 +53,7 @@ class Page:
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
 
-    def testid(self, name):
+    def by_testid(self, name):
         return self.page.get_by_test_id(name)
 
     def panel(self, name):
@@ -96,39 +96,39 @@ def test_every_panel_renders_and_updates_live(page, start, tmp_path):
     for name in PANELS:
         expect(page.panel(name)).to_have_attribute("data-state", "ready")
 
-    expect(page.testid("run-name")).to_have_text("run1")
-    expect(page.testid("last-step")).to_have_text("200")
-    expect(page.testid("run-status")).to_have_text("stopped")
+    expect(page.by_testid("run-name")).to_have_text("run1")
+    expect(page.by_testid("last-step")).to_have_text("200")
+    expect(page.by_testid("run-status")).to_have_text("stopped")
     # Curriculum: every dimension's bounds, and their coverage over time.
     expect(page.panel("curriculum").locator("[data-testid^=bounds-]")).to_have_count(len(FULL))
-    expect(page.testid("curriculum-chart").locator("polyline")).to_have_count(len(FULL))
-    expect(page.testid("curriculum-stage")).to_contain_text("stage 4")
+    expect(page.by_testid("curriculum-chart").locator("polyline")).to_have_count(len(FULL))
+    expect(page.by_testid("curriculum-stage")).to_contain_text("stage 4")
     # Heatmaps: banana and target bins from the curriculum, banana bins from the evaluation.
     for grid in ("banana", "target", "eval"):
-        expect(page.testid(f"heatmap-{grid}").locator("rect")).to_have_count(9)
-    expect(page.testid("heatmap-eval")).to_contain_text("4/5")
+        expect(page.by_testid(f"heatmap-{grid}").locator("rect")).to_have_count(9)
+    expect(page.by_testid("heatmap-eval")).to_contain_text("4/5")
     # Learning curves, with the clip event at update 100 marked.
-    expect(page.testid("chart-loss").locator("polyline")).to_have_count(2)
-    expect(page.testid("chart-success").locator("polyline")).to_have_count(2)
-    expect(page.testid("chart-grad-norm").locator("line.clip")).to_have_count(1)
-    page.testid("scalar-select").select_option("replay/online/size")
-    expect(page.testid("chart-other")).to_contain_text("replay/online/size")
+    expect(page.by_testid("chart-loss").locator("polyline")).to_have_count(2)
+    expect(page.by_testid("chart-success").locator("polyline")).to_have_count(2)
+    expect(page.by_testid("chart-grad-norm").locator("line.clip")).to_have_count(1)
+    page.by_testid("scalar-select").select_option("replay/online/size")
+    expect(page.by_testid("chart-other")).to_contain_text("replay/online/size")
     # Health.
-    expect(page.testid("health-actors")).to_have_text("2 / 2")
-    expect(page.testid("health-restarts")).to_have_text("1")
-    expect(page.testid("health-updates-per-s")).to_have_text("12.50")
-    expect(page.testid("health-env-steps-per-s")).to_have_text("80")
-    expect(page.testid("health-checkpoint")).to_contain_text("update 200")
-    expect(page.testid("health-replay-online")).to_contain_text("2000 / 10000 (20%)")
-    expect(page.testid("health-actor-0")).to_contain_text("restarted")
+    expect(page.by_testid("health-actors")).to_have_text("2 / 2")
+    expect(page.by_testid("health-restarts")).to_have_text("1")
+    expect(page.by_testid("health-updates-per-s")).to_have_text("12.50")
+    expect(page.by_testid("health-env-steps-per-s")).to_have_text("80")
+    expect(page.by_testid("health-checkpoint")).to_contain_text("update 200")
+    expect(page.by_testid("health-replay-online")).to_contain_text("2000 / 10000 (20%)")
+    expect(page.by_testid("health-actor-0")).to_contain_text("restarted")
     # Meta-learning and distillation.
-    expect(page.testid("eval-latest")).to_contain_text("update 200: success 75%")
-    expect(page.testid("chart-trials").locator("rect")).to_have_count(3)
-    expect(page.testid("distill-table").locator("tr")).to_have_count(3)
-    expect(page.testid("distill-current")).to_have_text("generation 2 (large)")
+    expect(page.by_testid("eval-latest")).to_contain_text("update 200: success 75%")
+    expect(page.by_testid("chart-trials").locator("rect")).to_have_count(3)
+    expect(page.by_testid("distill-table").locator("tr")).to_have_count(3)
+    expect(page.by_testid("distill-current")).to_have_text("generation 2 (large)")
     # Embedding: 60 labelled points in three regions.
-    expect(page.testid("embedding-plot").locator("circle")).to_have_count(60)
-    expect(page.testid("embedding-plot")).to_contain_text("banana left (20)")
+    expect(page.by_testid("embedding-plot").locator("circle")).to_have_count(60)
+    expect(page.by_testid("embedding-plot")).to_contain_text("banana left (20)")
     # Videos: the latest evaluation's two mp4s, served and decodable.
     videos = page.panel("videos").locator("video")
     expect(videos).to_have_count(2)
@@ -143,14 +143,14 @@ def test_every_panel_renders_and_updates_live(page, start, tmp_path):
                                 "success_per_trial": [0.25, 0.5, 0.75, 1.0]})
         writer.health(210, actors_alive=1, actors_total=2, actor_restarts=2, last_checkpoint_step=200)
         writer.flush()
-        expect(page.testid("health-updates-per-s")).to_have_text("99.50")
-        expect(page.testid("health-actors")).to_have_text("1 / 2")
-        expect(page.testid("eval-latest")).to_contain_text("update 210: success 50%")
-        expect(page.testid("chart-trials").locator("rect")).to_have_count(4)
-        expect(page.testid("last-step")).to_have_text("210")
-        expect(page.testid("run-status")).to_have_text("live")
+        expect(page.by_testid("health-updates-per-s")).to_have_text("99.50")
+        expect(page.by_testid("health-actors")).to_have_text("1 / 2")
+        expect(page.by_testid("eval-latest")).to_contain_text("update 210: success 50%")
+        expect(page.by_testid("chart-trials").locator("rect")).to_have_count(4)
+        expect(page.by_testid("last-step")).to_have_text("210")
+        expect(page.by_testid("run-status")).to_have_text("live")
     (run / "summary.json").write_text("{}")
-    expect(page.testid("run-status")).to_have_text("finished")
+    expect(page.by_testid("run-status")).to_have_text("finished")
     page.screenshot("dashboard-live.png")
     assert page.errors == []
 
@@ -167,7 +167,7 @@ def test_empty_run_shows_no_data_then_fills_in(page, start, tmp_path):
         expect(page.panel(name).get_by_test_id("empty")).to_be_visible()
         expect(page.panel(name)).to_have_attribute("data-state", "empty")
     expect(page.panel("learning")).to_contain_text("no data yet")
-    expect(page.testid("run-status")).to_have_text("no data yet")
+    expect(page.by_testid("run-status")).to_have_text("no data yet")
     page.screenshot("dashboard-empty.png")
 
     with MetricsWriter(run, MetricsConfig(tensorboard=False)) as writer:
@@ -175,7 +175,7 @@ def test_empty_run_shows_no_data_then_fills_in(page, start, tmp_path):
         writer.scalars({"loss": 0.5}, 2)
         writer.flush()
         expect(page.panel("learning")).to_have_attribute("data-state", "ready")
-        expect(page.testid("chart-loss").locator("polyline")).to_have_count(1)
+        expect(page.by_testid("chart-loss").locator("polyline")).to_have_count(1)
     expect(page.panel("videos")).to_have_attribute("data-state", "empty")
     assert page.errors == []
 
@@ -188,28 +188,28 @@ def test_run_list_and_comparison(page, start, tmp_path):
     populate(root / "beta", updates=60, videos=False)
     server = start(root)
     page.page.goto(server.url)
-    expect(page.testid("run-list")).to_have_attribute("data-state", "ready")
-    expect(page.testid("run-list").locator("tbody tr, tr[data-testid^=run-]")).to_have_count(2)
-    expect(page.testid("run-alpha")).to_contain_text("100")
+    expect(page.by_testid("run-list")).to_have_attribute("data-state", "ready")
+    expect(page.by_testid("run-list").locator("tbody tr, tr[data-testid^=run-]")).to_have_count(2)
+    expect(page.by_testid("run-alpha")).to_contain_text("100")
     page.screenshot("dashboard-runs.png")
 
-    page.testid("run-alpha").get_by_role("checkbox").check()
-    page.testid("run-beta").get_by_role("checkbox").check()
-    page.testid("compare-button").click()
+    page.by_testid("run-alpha").get_by_role("checkbox").check()
+    page.by_testid("run-beta").get_by_role("checkbox").check()
+    page.by_testid("compare-button").click()
     page.page.wait_for_url("**/?compare=alpha%2Cbeta")
     # Only alpha (100 updates) has had an evaluation: one point.
-    expect(page.testid("compare-chart").locator("h3")).to_have_text("eval/success_rate")
-    expect(page.testid("compare-chart").locator("circle")).to_have_count(1)
-    page.testid("compare-select").select_option("loss")
-    expect(page.testid("compare-chart").locator("h3")).to_have_text("loss")
-    expect(page.testid("compare-chart").locator("polyline")).to_have_count(2)
-    expect(page.testid("compare-chart")).to_contain_text("alpha")
-    expect(page.testid("compare-chart")).to_contain_text("beta")
+    expect(page.by_testid("compare-chart").locator("h3")).to_have_text("eval/success_rate")
+    expect(page.by_testid("compare-chart").locator("circle")).to_have_count(1)
+    page.by_testid("compare-select").select_option("loss")
+    expect(page.by_testid("compare-chart").locator("h3")).to_have_text("loss")
+    expect(page.by_testid("compare-chart").locator("polyline")).to_have_count(2)
+    expect(page.by_testid("compare-chart")).to_contain_text("alpha")
+    expect(page.by_testid("compare-chart")).to_contain_text("beta")
 
     page.page.goto(server.url)
-    page.testid("run-beta").get_by_role("link", name="beta").click()
+    page.by_testid("run-beta").get_by_role("link", name="beta").click()
     expect(page.panel("learning")).to_have_attribute("data-state", "ready")
-    expect(page.testid("run-name")).to_have_text("beta")
-    expect(page.testid("last-step")).to_have_text("60")
+    expect(page.by_testid("run-name")).to_have_text("beta")
+    expect(page.by_testid("last-step")).to_have_text("60")
     expect(page.page.locator("#back")).to_be_visible()
     assert page.errors == []
