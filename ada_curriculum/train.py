@@ -299,7 +299,6 @@ class _Run:
             log.warning("learner: no replay batch within %.0f s (stall %d)", self.cfg.stall_timeout,
                         self.counters["learner_stalls"])
         curriculum = remote.call(self.tasks, "metrics")
-        self.curriculum = curriculum
         row = {**out, **{k: v for k, v in self.counters.items()}, "elapsed": self._elapsed(),
                "recent_success_rate": sum(self._recent) / len(self._recent) if self._recent else None,
                **{k: curriculum[k] for k in ("curriculum/stage", "curriculum/coverage")}}

@@ -19,11 +19,9 @@ The policy is a small diffusion policy as in `train`. Last line: JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -39,16 +37,7 @@ from ada_curriculum.policies import make_policy, normalizer
 from ada_curriculum.policies.obs import flatten_obs
 from ada_curriculum.replay import ReplayConfig
 from ada_curriculum.train import TrainConfig
-
-
-def demo_store(path: str | None) -> str:
-    if path and Path(path).exists():
-        return path
-    from ada_curriculum.cli import CollectConfig, collect
-
-    out = Path(tempfile.mkdtemp()) / "demos"
-    collect(CollectConfig(out=str(out), tasks="nominal", episodes=20, seed=0))
-    return str(out)
+from policy_speed import demo_store  # bench/ is on the path when run as a script
 
 
 def fill(client, store: str, online_copies: int) -> tuple[int, float]:

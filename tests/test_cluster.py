@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 
 from ada_curriculum import config as config_lib
-from ada_curriculum.cli import main
 from ada_curriculum.train import TrainConfig, train
 
 ray = pytest.importorskip("ray")
@@ -59,13 +58,6 @@ def ray_home(monkeypatch):
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
     yield Path(path)
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def demos(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demos") / "store"
-    assert main(["collect", "--tasks", "nominal", "--episodes", "3", "--out", str(out)]) == 0
-    return str(out)
 
 
 def tiny(run, demos, **kw) -> TrainConfig:

@@ -50,13 +50,6 @@ def compile_cache(request, tmp_path_factory):
             os.environ[k] = v
 
 
-@pytest.fixture(scope="module")
-def demos(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demos") / "store"
-    assert main(["collect", "--tasks", "nominal", "--episodes", "3", "--out", str(out)]) == 0
-    return str(out)
-
-
 def settings(run, demos, **kw) -> dict:
     """A tiny run: small U-Net, 2 DDIM steps, small batches; each actor call ends its envs' episodes
     (15 steps), so the learner's first call already finds online windows."""

@@ -6,15 +6,7 @@ import pytest
 
 from ada_curriculum import config as config_lib
 from ada_curriculum.checkpointing import Checkpointer
-from ada_curriculum.cli import main
 from ada_curriculum.train import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def demos(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demos") / "store"
-    assert main(["collect", "--tasks", "nominal", "--episodes", "3", "--out", str(out)]) == 0
-    return str(out)
 
 
 def tiny(run, demos, **kw) -> TrainConfig:
