@@ -12,6 +12,8 @@ GL_ENV := MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa
 
 # `make run`: demos of the nominal task -> BC beachhead -> actor-learner RL on local Ray.
 # Each stage is skipped when its output exists, and `train` resumes a run directory.
+# `train` serves the live dashboard while it runs and prints `dashboard: http://...`
+# (add --no-dashboard or --dashboard-port N to TRAIN_ARGS to change that).
 DEMOS ?= runs/demos-nominal-50
 BC_RUN ?= runs/bc-diffusion
 RUN_DIR ?= runs/main

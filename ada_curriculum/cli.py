@@ -246,6 +246,8 @@ class EvalConfig:
     ema: bool = dataclasses.field(default=True, metadata={"help": "act with the EMA weights"})
     degradation: float = dataclasses.field(
         default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "diffusion only: sample deliberately worse (0 = best)"})
+    num_inference_steps: Optional[int] = dataclasses.field(
+        default=None, metadata={"min": 1, "help": "diffusion only: DDIM steps (none: the policy's own)"})
     out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output dir (default RUN/eval-TASKS)"})
 
 
@@ -262,6 +264,15 @@ def evaluate_run(cfg: EvalConfig) -> dict:
             raise ConfigError("degradation", "only diffusion policies have degraded sampling")
         steps, temperature = policy.degradation_params(cfg.degradation)
         sampling = {"num_inference_steps": steps, "temperature": temperature}
+    if cfg.num_inference_steps is not None:
+        if policy.kind != "diffusion":
+            raise ConfigError("num_inference_steps", "only diffusion policies take DDIM steps")
+        if cfg.degradation > 0:
+            raise ConfigError("num_inference_steps", "give either --degradation or --num-inference-steps, not both")
+        if cfg.num_inference_steps > policy.config.num_train_timesteps:
+            raise ConfigError("num_inference_steps", f"must be <= num_train_timesteps "
+                                                     f"(= {policy.config.num_train_timesteps})")
+        sampling = {"num_inference_steps": cfg.num_inference_steps}
     default_name = f"eval-{cfg.tasks}" + (f"-{cfg.env}" if cfg.env != "banana-place" else "") + (
         f"-k{cfg.trials}" if cfg.trials else "")
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / default_name

@@ -116,6 +116,9 @@ class MetricsConfig:
     commit_interval: float = dataclasses.field(
         default=1.0, metadata={"min": 0.0, "help": "seconds between batched commits of scalars"})
     max_pending: int = dataclasses.field(default=2000, metadata={"min": 1, "help": "scalar rows that force a commit"})
+    snapshot_interval: float = dataclasses.field(default=10.0, metadata={
+        "min": 0.0, "help": "seconds between health and curriculum snapshots (one is also written at each "
+                            "checkpoint and when the curriculum stage changes)"})
 
 
 def _number(value: Any) -> Optional[float]:

@@ -21,11 +21,13 @@ from typing import Callable, Literal, Optional
 import jax
 
 from ada_curriculum import config as config_lib
+from ada_curriculum.config import ConfigError
 from ada_curriculum.agent import remote
 from ada_curriculum.agent.builder import Builder
 from ada_curriculum.curriculum import CurriculumConfig
 from ada_curriculum.checkpointing import Checkpointer, CheckpointError, check_compatible
 from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer
+from ada_curriculum.metrics_store import MetricsConfig
 from ada_curriculum.policies import make_policy, normalizer as normalizer_lib
 from ada_curriculum.policies.obs import workspace_bounds
 from ada_curriculum.policies.diffusion import DiffusionConfig
@@ -80,6 +82,15 @@ class TrainConfig:
     stop_success: Optional[float] = dataclasses.field(default=None, metadata={
         "min": 0.0, "max": 1.0, "help": "end the run once the curriculum covers the task space and held-out "
                                         "evaluation success reaches this (needs --eval-every)"})
+    dashboard: bool = dataclasses.field(default=True, metadata={"help": "serve the live dashboard during the run"})
+    dashboard_host: str = dataclasses.field(default="127.0.0.1", metadata={
+        "help": "dashboard address (loopback: this machine only)"})
+    dashboard_port: int = dataclasses.field(default=8266, metadata={
+        "min": 0, "max": 65535, "help": "dashboard port (0, or taken: any free one)"})
+    embedding_every: int = dataclasses.field(default=200, metadata={
+        "min": 0, "help": "updates between policy-embedding snapshots for the dashboard, also taken at the "
+                          "start and end (0: off)"})
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
 
     def validate(self):
         self.optim.validate()
@@ -95,6 +106,8 @@ class TrainConfig:
             raise ValueError("max_updates: set at least one budget (max_updates, max_env_steps, max_minutes)")
         if self.demo_fraction > 0 and not self.demos:
             raise ValueError("demos: demo_fraction > 0 needs --demos (an episode store)")
+        if self.dashboard and not self.dashboard_host.strip():
+            raise ConfigError("dashboard_host", "expected a host name or address (or --no-dashboard)")
 
 
 def _initial_state(cfg: TrainConfig, policy, optimizer):
@@ -158,8 +171,8 @@ def _start_ray(cfg: TrainConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    # An embedded local cluster when no address is given (`make run`); the dashboard comes with
-    # issue "dashboard" and is off here to keep start-up light on two cores.
+    # An embedded local cluster when no address is given (`make run`); Ray's own dashboard is off
+    # to keep start-up light on two cores (the run's dashboard is `_start_dashboard`).
     if cfg.ray_address is None:
         # Ray's CPUs are scheduling slots: each actor and the learner hold one. A small machine
         # (make run on 2 cores) still runs every actor, sharing the cores, rather than leaving
@@ -171,6 +184,28 @@ def _start_ray(cfg: TrainConfig) -> bool:
     else:
         ray.init(address=cfg.ray_address, log_to_driver=False, include_dashboard=False)
     return True
+
+
+def _start_dashboard(cfg: TrainConfig):
+    """The run's dashboard, serving from a background thread (None when disabled). A taken
+    port falls back to any free one; a bad host is a ConfigError naming `dashboard_host`."""
+    if not cfg.dashboard:
+        return None
+    from ada_curriculum.dashboard import make_server
+
+    try:
+        server = make_server(cfg.run, cfg.dashboard_host, cfg.dashboard_port)
+    except ConfigError as e:
+        if e.field != "port":
+            raise ConfigError(f"dashboard_{e.field}", e.reason) from None
+        # Another run (or anything else) has the port: a second dashboard on a free one.
+        log.warning("dashboard: port %d is in use; using a free port", cfg.dashboard_port)
+        server = make_server(cfg.run, cfg.dashboard_host, 0)
+    if cfg.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("dashboard: serving on %s: anyone who can reach it can read this run's metrics",
+                    cfg.dashboard_host)
+    print(f"dashboard: {server.url} (--no-dashboard to disable)", flush=True)
+    return server.start()
 
 
 def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None) -> dict:
@@ -208,7 +243,13 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
         probe.close()
     config_lib.save_config(cfg, run_dir / "config.json")
 
-    run = _Run(cfg, builder, state, run_dir, counters, task_state)
+    dashboard = _start_dashboard(cfg)
+    try:
+        run = _Run(cfg, builder, state, run_dir, counters, task_state, resume_step, dashboard)
+    except BaseException:
+        if dashboard is not None:
+            dashboard.close()
+        raise
     try:
         if on_start is not None:
             on_start(run)
@@ -220,8 +261,9 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
 class _Run:
     """One run's live components (local objects or Ray handles) and its coordinator loop."""
 
-    def __init__(self, cfg, builder, state, run_dir, counters, task_state):
+    def __init__(self, cfg, builder, state, run_dir, counters, task_state, resume_step=None, dashboard=None):
         self.cfg, self.builder, self.run_dir, self.counters = cfg, builder, run_dir, counters
+        self.dashboard = dashboard
         self.started_ray = False
         self.history: list[dict] = []
         replay_args = builder.replay_server_args(str(run_dir / "replay"))
@@ -278,6 +320,17 @@ class _Run:
                               else Evaluator(**eval_args))
         self._metrics_file = (run_dir / "metrics.jsonl").open("a")
         self._recent: list[bool] = []
+        from ada_curriculum.agent.run_metrics import EmbeddingProbe, RunMetrics
+
+        probe = None
+        if cfg.embedding_every and callable(getattr(builder.policy, "embed", None)):
+            probe = EmbeddingProbe(builder.policy, cfg.env, builder.actor_args(0, None, None, None)["env_kwargs"],
+                                   seed=cfg.seed)
+        # The store the dashboard reads (metrics.jsonl stays as it was, for scripts).
+        self.metrics = RunMetrics(run_dir, cfg.metrics, resume_step, self.counters, self.actor_stats,
+                                  self.client.info(), probe)
+        self._last_embedding = self.counters["updates"] - cfg.embedding_every  # the first at once
+        self._embedded_version = None
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _absorb_actor(self, out: dict):
@@ -289,6 +342,7 @@ class _Run:
         stats["episodes"] += out["episodes"]
         stats["episodes_since_failure"] += out["episodes"]
         stats["version"] = out["version"]
+        stats["restarting"] = False
         self._recent += [r["success"] for r in out["results"]]
         self._recent = self._recent[-100:]
 
@@ -305,6 +359,10 @@ class _Run:
         self.history.append(row)
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
+        self.metrics.learner(self.counters["updates"], out, self.counters, self.actor_stats, self._recent,
+                             self.client.info(), curriculum)
+        if self.cfg.embedding_every and self.counters["updates"] - self._last_embedding >= self.cfg.embedding_every:
+            self._embed()
         if self.counters["updates"] - self._last_checkpoint >= self.cfg.checkpoint_every:
             self.checkpoint()
         if self.evaluator is not None and self._eval_ref is None and \
@@ -328,6 +386,21 @@ class _Run:
                **{f"eval/{k}": v for k, v in result.items()}}
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
+        self.metrics.evaluation(result)
+
+    def _embed(self):
+        """An embedding snapshot of the newest published weights (a diagnostic: a failure is
+        logged and turns snapshots off rather than ending the run)."""
+        self._last_embedding = self.counters["updates"]
+        got = remote.call(self.variables, "get", -1)
+        if got is None or got[0] == self._embedded_version:
+            return
+        try:
+            if self.metrics.embedding(got[0], got[1]):
+                self._embedded_version = got[0]
+        except Exception:  # noqa: BLE001
+            log.warning("embedding: snapshot failed; no more snapshots this run", exc_info=True)
+            self.metrics.embedding_probe = None
 
     def _elapsed(self) -> float:
         return self.counters["seconds"] + time.monotonic() - self._t0
@@ -339,6 +412,7 @@ class _Run:
                 "task_source": remote.call(self.tasks, "state"), "replay_checkpoint": replay_path}
         remote.call(self.learner, "save", self.counters["updates"], meta)
         self._last_checkpoint = self.counters["updates"]
+        self.metrics.checkpointed(self.counters["updates"])
 
     def _budget_reached(self) -> str | None:
         c = self.cfg
@@ -360,6 +434,8 @@ class _Run:
             reason = self._loop_distributed(stop) if self.cfg.distributed else self._loop_local(stop)
         self.checkpoint()
         self._absorb_eval(final=True)
+        if self.cfg.embedding_every:
+            self._embed()  # the final weights (the save published them)
         elapsed = time.monotonic() - self._t0
         self.counters["seconds"] += elapsed
         first = [r["recent_success_rate"] for r in self.history if r["recent_success_rate"] is not None]
@@ -414,6 +490,7 @@ class _Run:
                         # Ray restarts the actor (max_restarts); it pulls fresh weights when it is back.
                         self.counters["actor_restarts"] += 1
                         self.actor_stats[i]["failures"] += 1
+                        self.actor_stats[i]["restarting"] = True
                         self.actor_stats[i]["episodes_since_failure"] = 0
                         log.warning("actor %d failed (%s); waiting for its restart", i, type(e).__name__)
                     # Calls to a restarting actor fail (after a short wait) until it is back: ping it
@@ -431,6 +508,13 @@ class _Run:
 
     def close(self):
         self._metrics_file.close()
+        try:
+            self.metrics.close()
+        except Exception:  # noqa: BLE001 - the store must not keep Ray and the replay server up
+            log.warning("metrics store: close failed", exc_info=True)
+        if self.dashboard is not None:
+            self.dashboard.close()
+            print(f"dashboard stopped (`ada-curriculum dashboard {self.run_dir}` serves this run again)", flush=True)
         try:
             remote.call(self.learner, "close")
         except Exception:  # noqa: BLE001 - closing is best effort

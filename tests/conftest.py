@@ -1,3 +1,4 @@
+import contextlib
 import ctypes.util
 import os
 
@@ -17,3 +18,69 @@ def demos(tmp_path_factory):
     out = tmp_path_factory.mktemp("demos") / "store"
     assert main(["collect", "--tasks", "nominal", "--episodes", "3", "--out", str(out)]) == 0
     return str(out)
+
+
+@contextlib.contextmanager
+def jax_compile_cache(path: str):
+    """A persistent XLA cache at `path` while inside (in process and for subprocesses): every
+    short run jits the same tiny policy, and compiling it again is most of such a run's time."""
+    import jax
+
+    env = {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                                 "jax_persistent_cache_min_compile_time_secs")}
+    os.environ.update(env)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        yield path
+    finally:
+        for k, v in saved.items():
+            jax.config.update(k, v)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def compile_cache_dir(request, tmp_path_factory) -> str:
+    """Where `jax_compile_cache` keeps compiled tiny runs: pytest's cache dir (kept across
+    sessions; `make clean` removes it), the same one test_fault_tolerance uses."""
+    cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`
+    return str(cache.mkdir("jax-compile-cache") if cache else tmp_path_factory.mktemp("jax-cache"))
+
+
+@pytest.fixture(scope="session")
+def real_run(demos, tmp_path_factory, compile_cache_dir):
+    """A short real in-process `train` run (widening curriculum, held-out evaluation with a video,
+    policy embeddings, its own dashboard) whose metrics store the store and browser tests read.
+    Read only: copy the directory to change it. Returns {"run", "summary", "served"}, where
+    `served` is what train's own dashboard answered on /api/health during the run."""
+    import json
+    import urllib.request
+
+    from test_train import tiny
+
+    from ada_curriculum.train import train
+
+    run = tmp_path_factory.mktemp("real") / "run"
+    served = {}
+
+    def on_start(r):
+        with urllib.request.urlopen(r.dashboard.url + "api/health", timeout=10) as response:
+            served.update(url=r.dashboard.url, status=response.status, body=json.loads(response.read()))
+
+    # Threshold 0 makes widening a schedule (a tiny fresh policy never succeeds), so the
+    # curriculum moves within a few episodes; 16 steps per actor call finish episodes of 15
+    # steps in the first call, so the learner never waits for data.
+    curriculum = {"strategy": "widening", "widening": {"dims": ["banana_x", "banana_y"], "window": 2,
+                                                       "threshold": 0.0, "boundary_prob": 1.0}}
+    with jax_compile_cache(compile_cache_dir):
+        summary = train(tiny(run, demos, distributed=False, tasks="full", curriculum=curriculum,
+                             actor_steps_per_call=16, max_updates=12, checkpoint_every=8, eval_every=8,
+                             eval_episodes=2, eval_videos=1, embedding_every=8, dashboard=True, dashboard_port=0,
+                             metrics={"snapshot_interval": 0.0}), on_start=on_start)
+    return {"run": run, "summary": summary, "served": served}

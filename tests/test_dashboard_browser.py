@@ -213,3 +213,63 @@ def test_run_list_and_comparison(page, start, tmp_path):
     expect(page.by_testid("last-step")).to_have_text("60")
     expect(page.page.locator("#back")).to_be_visible()
     assert page.errors == []
+
+
+def test_a_real_train_run(page, start, real_run, tmp_path):
+    """The page over the store a short real `train` run wrote (conftest's `real_run`), then live
+    while the coordinator's writer appends to it."""
+    import shutil
+
+    from playwright.sync_api import expect
+
+    from ada_curriculum.agent.run_metrics import RunMetrics
+
+    run = tmp_path / "real"
+    shutil.copytree(real_run["run"], run)  # the shared run stays as train left it
+    summary = real_run["summary"]
+    server = start(run)
+    page.page.goto(server.url)
+    for name in PANELS:
+        if name != "distillation":  # train has no distillation stage (yet)
+            expect(page.panel(name)).to_have_attribute("data-state", "ready")
+    expect(page.panel("distillation")).to_have_attribute("data-state", "empty")
+
+    expect(page.by_testid("run-status")).to_have_text("finished")
+    expect(page.by_testid("last-step")).to_have_text("12")
+    expect(page.panel("curriculum").locator("[data-testid^=bounds-]")).to_have_count(9)  # every task dimension
+    expect(page.by_testid("curriculum-stage")).to_contain_text(f"stage {summary['curriculum']['curriculum/stage']}")
+    for grid in ("banana", "target", "eval"):
+        expect(page.by_testid(f"heatmap-{grid}").locator("rect")).to_have_count(9)
+    expect(page.by_testid("chart-loss").locator("polyline")).not_to_have_count(0)
+    expect(page.by_testid("chart-grad-norm")).to_be_visible()
+    expect(page.by_testid("health-actors")).to_have_text("1 / 1")
+    expect(page.by_testid("health-checkpoint")).to_contain_text("update 12")
+    expect(page.by_testid("health-replay-online")).to_contain_text(f"{summary['replay']['online']['size']} / ")
+    expect(page.by_testid("health-actor-0")).to_contain_text("ok")
+    expect(page.by_testid("eval-latest")).to_contain_text("latest evaluation at update 12")
+    expect(page.by_testid("embedding-plot").locator("circle")).to_have_count(36)
+    expect(page.by_testid("embedding-plot")).to_contain_text("banana far left (4)")
+    expect(page.panel("videos").locator("video")).to_have_count(1)
+    page.page.wait_for_function(
+        "[...document.querySelectorAll('video')].every(v => v.readyState >= 1 && v.videoWidth > 0)")
+    page.screenshot("dashboard-train-run.png")
+
+    # Live: the coordinator's writer reopens the store (as a resume does) and records a learner
+    # result; the open page follows within a few polls.
+    counters = {"updates": 12, "env_steps": summary["env_steps"], "episodes": summary["episodes"],
+                "actor_restarts": 0}
+    stats = [{"env_steps": 0, "episodes": 0}]
+    metrics = RunMetrics(run, MetricsConfig(tensorboard=False), 12, counters, stats, summary["replay"])
+    try:
+        stats[0]["env_steps"] = 500
+        metrics.learner(16, {"loss": 0.25, "updates_done": 4}, {**counters, "updates": 16}, stats, [True, True],
+                        summary["replay"], {"curriculum/stage": 1, "curriculum/coverage": 0.5})
+        metrics.writer.flush()
+        expect(page.by_testid("last-step")).to_have_text("16")
+        expect(page.by_testid("run-status")).to_have_text("live")
+        expect(page.by_testid("health-recent-success")).to_have_text("100%")
+        page.screenshot("dashboard-train-run-live.png")
+    finally:
+        metrics.close()
+    assert page.errors == []
+

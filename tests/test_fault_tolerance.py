@@ -59,7 +59,7 @@ def settings(run, demos, **kw) -> dict:
         "publish_every": 2, "max_updates": 12, "max_minutes": 3.0, "checkpoint_every": 4, "stall_timeout": 3.0,
         "replay": {"min_size_to_sample": 8, "samples_per_insert": 64.0},
         "diffusion": {"down_dims": [16, 32], "num_inference_steps": 2},
-        "optim": {"warmup_steps": 2},
+        "optim": {"warmup_steps": 2}, "dashboard": False, "embedding_every": 0,
     }
     for key, value in kw.items():
         if isinstance(value, dict):

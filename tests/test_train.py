@@ -16,7 +16,7 @@ def tiny(run, demos, **kw) -> TrainConfig:
         "publish_every": 2, "max_updates": 12, "max_minutes": 5.0, "checkpoint_every": 8, "stall_timeout": 30.0,
         "replay": {"min_size_to_sample": 8, "samples_per_insert": 64.0},
         "diffusion": {"down_dims": [16, 32], "num_inference_steps": 2},
-        "optim": {"warmup_steps": 2},
+        "optim": {"warmup_steps": 2}, "dashboard": False, "embedding_every": 0,
     }
     base.update(kw)
     return config_lib.from_dict(TrainConfig, base)

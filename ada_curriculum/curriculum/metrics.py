@@ -9,13 +9,18 @@ Scalars (one number each, for time series):
     plr/proportion_seen                  (plr) share of samplable bins with a result
 Per bin (flat lists in C order over bins/shape, for tables):
     bins/dims, bins/shape, bins/feasible, bins/episodes (all time), bins/success (recent window,
-    None without recent episodes), bins/weight (band, plr: next draw's probability; else None)
+    None without recent episodes), bins/weight (band, plr: next draw's probability; else None),
+    bins/recent_episodes, bins/recent_successes (counts over each bin's recent window)
+    bins/edges: per binned dimension, its bin edges
 Heatmap over the first two binned dimensions (banana x/y by default), other dimensions summed:
     heatmap/dims, heatmap/edges ([edges of dim 0, edges of dim 1]),
     heatmap/episodes [i][j] (all time), heatmap/success [i][j] (recent window, None if empty)
 
 stage counts boundary steps taken (widening; 0 otherwise) and max_stage the steps to the whole
 space, so stage / max_stage is widening progress.
+
+`success_grids(metrics)` turns the per-bin lists into the metrics store's success grids
+(banana x/y and target x/y).
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ def metrics(state: Mapping) -> dict:
         P + "bins/feasible": list(b["feasible"]), P + "bins/episodes": list(b["episodes"]),
         P + "bins/success": _rate(recent_s, recent_n),
         P + "bins/weight": None if weights is None else [float(w) for w in weights],
+        P + "bins/recent_episodes": recent_n.tolist(), P + "bins/recent_successes": recent_s.tolist(),
+        P + "bins/edges": [_edges(iv) for iv in grid.intervals],
     })
     if cfg.strategy == "plr":
         feasible = np.asarray(b["feasible"], bool)
@@ -87,4 +94,32 @@ def metrics(state: Mapping) -> dict:
     out[P + "heatmap/episodes"] = collapse(b["episodes"]).tolist()
     hn, hs = collapse(recent_n), collapse(recent_s)
     out[P + "heatmap/success"] = np.array(_rate(hs, hn), dtype=object).reshape(hn.shape).tolist()
+    return out
+
+
+# Dashboard grids: name -> (x dimension, y dimension).
+GRIDS = {"banana": ("banana_x", "banana_y"), "target": ("target_x", "target_y")}
+
+
+def success_grids(m: Mapping) -> dict:
+    """Success per bin over each pair of `GRIDS` whose two dimensions are both binned, the other
+    binned dimensions summed, in the metrics store's ``curriculum.bins`` format (rows by y bin,
+    columns by x bin; see `metrics_store.success_grid`). ``successes`` / ``counts`` cover each
+    bin's recent window (what the scheduler judges by); ``episodes`` counts all time."""
+    dims, shape = list(m[P + "bins/dims"]), tuple(m[P + "bins/shape"])
+    arrays = {key: np.asarray(m[P + "bins/" + key], np.int64).reshape(shape)
+              for key in ("recent_successes", "recent_episodes", "episodes")}
+    out = {}
+    for name, (x, y) in GRIDS.items():
+        if x not in dims or y not in dims:
+            continue
+        i, j = dims.index(x), dims.index(y)
+
+        def plane(a: np.ndarray) -> list:
+            a = np.moveaxis(a, (j, i), (0, 1))  # (y bins, x bins, other binned dims...)
+            return a.reshape(a.shape[0], a.shape[1], -1).sum(axis=2).tolist()
+
+        out[name] = {"x": x, "y": y, "x_edges": list(m[P + "bins/edges"][i]), "y_edges": list(m[P + "bins/edges"][j]),
+                     "successes": plane(arrays["recent_successes"]), "counts": plane(arrays["recent_episodes"]),
+                     "episodes": plane(arrays["episodes"])}
     return out

@@ -186,6 +186,22 @@ class DiffusionPolicy(Policy):
         t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (noisy_action.shape[0],))
         return self.model.apply({"params": variables["params"]}, noisy_action, t, cond)
 
+    def embed(self, variables: Variables, obs: jax.Array, t: int = 0) -> jax.Array:
+        """The policy's learned features of raw observation histories (B, n_obs_steps, obs_dim):
+        every residual block's FiLM scale and shift at diffusion step `t`, concatenated (B, F).
+
+        The observations reach the U-Net only through these, so they are what the policy makes
+        of a situation (the normalised observations themselves are not learned). The noisy
+        action input does not affect them; zeros stand in for it.
+        """
+        cond = self._global_cond(variables, obs)
+        b = cond.shape[0]
+        sample = jnp.zeros((b, self.horizon, self.action_dim), jnp.float32)
+        _, state = self.model.apply({"params": variables["params"]}, sample, jnp.full((b,), t, jnp.int32), cond,
+                                    mutable=["intermediates"])
+        return jnp.concatenate([f.reshape(b, -1) for f in jax.tree_util.tree_leaves(state["intermediates"])],
+                               axis=-1)
+
     # -- training ----------------------------------------------------------------------------
 
     def loss(self, variables: Variables, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:

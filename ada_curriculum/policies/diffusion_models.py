@@ -95,7 +95,10 @@ class FiLMResidualBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
         h = ConvNormMish(self.features, self.kernel_size, self.n_groups)(x)
-        scale, shift = jnp.split(nn.Dense(2 * self.features)(mish(cond)), 2, axis=-1)
+        film = nn.Dense(2 * self.features)(mish(cond))
+        # Kept only when applied with mutable=["intermediates"] (`DiffusionPolicy.embed`).
+        self.sow("intermediates", "film", film)
+        scale, shift = jnp.split(film, 2, axis=-1)
         # (1 + scale) keeps the block close to unconditioned at init instead of zeroing it.
         h = h * (1.0 + scale[:, None, :]) + shift[:, None, :]
         h = ConvNormMish(self.features, self.kernel_size, self.n_groups)(h)
