@@ -6,7 +6,13 @@ decides when to checkpoint, and ends on the first budget reached (updates, env s
 or on SIGTERM/SIGINT, always with a final checkpoint and `summary.json`.
 
 A run directory that holds a checkpoint is resumed: learner state, counters, task-source state
-and the replay tables (from the Reverb checkpoint saved with the same step).
+and the replay tables (from the Reverb checkpoint saved with the same step), and with
+`--distill.enabled` the distillation stage (generation, who acts, the teacher snapshot).
+
+Distillation (`ada_curriculum/distill/`): the coordinator holds the stage state; when
+`stage.on_progress` says switch, the learner snapshots its weights as the teacher and trains
+the next generation's larger student with the kickstarting term; evaluations measure teacher
+and student until `stage.on_eval` hands acting over to the student.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ada_curriculum.config import ConfigError
 from ada_curriculum.agent import remote
 from ada_curriculum.agent.builder import Builder
 from ada_curriculum.curriculum import CurriculumConfig
+from ada_curriculum.distill import DistillConfig
 from ada_curriculum.checkpointing import Checkpointer, CheckpointError, check_compatible
 from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer
 from ada_curriculum.metrics_store import MetricsConfig
@@ -91,6 +98,7 @@ class TrainConfig:
         "min": 0, "help": "updates between policy-embedding snapshots for the dashboard, also taken at the "
                           "start and end (0: off)"})
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
     def validate(self):
         self.optim.validate()
@@ -108,6 +116,19 @@ class TrainConfig:
             raise ValueError("demos: demo_fraction > 0 needs --demos (an episode store)")
         if self.dashboard and not self.dashboard_host.strip():
             raise ConfigError("dashboard_host", "expected a host name or address (or --no-dashboard)")
+        try:
+            self.distill.validate()
+        except ConfigError as e:
+            raise e.under("distill") from None
+        if self.distill.enabled:
+            from ada_curriculum.distill import check_generations
+
+            check_generations(self.distill, self.policy, self.diffusion)
+            if not self.eval_every:
+                raise ConfigError("distill.enabled", "the handover to each student is judged by held-out "
+                                                     "evaluation: set --eval-every > 0")
+            if self.distill.switch_on_coverage is not None and self.curriculum.strategy == "none":
+                raise ConfigError("distill.switch_on_coverage", "needs a curriculum (--curriculum widening|band|plr)")
 
 
 def _initial_state(cfg: TrainConfig, policy, optimizer):
@@ -165,6 +186,53 @@ def _set_aside_newer_steps(ckpt: Checkpointer, restored_step: int, dest: Path):
         log.warning("checkpoint: moved unreadable step %d to %s", step, dest)
 
 
+def _distill_stage(cfg: TrainConfig, meta: Optional[dict]) -> Optional[dict]:
+    """The distillation stage saved in a checkpoint's meta, checked against this run's config
+    (None when the checkpoint has none, or distillation is off and it is at generation 0).
+    A checkpoint from another generation chain or other per-generation sizes is refused,
+    naming the field."""
+    from ada_curriculum.distill import stage
+
+    saved = (meta or {}).get("distill")
+    if saved is None:
+        return None
+    if not cfg.distill.enabled:
+        g = saved.get("generation") if isinstance(saved, dict) else None
+        if isinstance(g, int) and g > 0:
+            raise CheckpointError(f"distill.enabled: the checkpoint is at generation {g} "
+                                  f"({saved['generations'][g]}); this run has distillation off")
+        return None  # generation 0: the plain model goes on
+    state = stage.restore(saved, cfg.distill)  # CheckpointError naming the field, e.g. distill.generations
+    saved_dims = list(((meta.get("config") or {}).get("distill") or {}).get("down_dims") or [])
+    if saved_dims != list(cfg.distill.down_dims):
+        raise CheckpointError(f"distill.down_dims: the checkpoint was made with {','.join(saved_dims) or 'the presets'}"
+                              f", this run asks for {','.join(cfg.distill.down_dims) or 'the presets'}; use a new "
+                              "run directory or the same setting")
+    return state
+
+
+def _load_teacher(stage_state: dict, distill: DistillConfig, generation, updates: int):
+    """The frozen teacher's variables when the resumed generation still uses it (in the loss
+    or for acting), else None."""
+    from ada_curriculum.distill import load_teacher, stage
+
+    if not stage.teacher_needed(stage_state, distill, updates):
+        return None
+    variables, _ = load_teacher(generation.teacher_path, generation.teacher_policy)
+    return variables
+
+
+def _describe_stage(prefix: str, s: dict, distill: DistillConfig, updates: int, generation) -> str:
+    from ada_curriculum.distill import stage
+
+    if s["generation"] == 0:
+        return f"distillation: {prefix} generation 0 ({stage.student_preset(s)}), no teacher yet"
+    return (f"distillation: {prefix} generation {s['generation']} ({stage.student_preset(s)}, teacher "
+            f"{stage.teacher_preset(s)} at {generation.teacher_path}), kickstarting weight "
+            f"{stage.weight(s, distill, updates):.3g} at update {updates} (switched at {s['switch_updates']}), "
+            f"actors act with the {s['acting']}")
+
+
 def _start_ray(cfg: TrainConfig) -> bool:
     """Connect to `ray_address`, or start an embedded local Ray; True if this call started it."""
     import ray
@@ -218,34 +286,62 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
     cfg.validate()
     run_dir = Path(cfg.run)
     run_dir.mkdir(parents=True, exist_ok=True)
-    policy = make_policy(cfg.policy, cfg.diffusion)
+    distill = cfg.distill if cfg.distill.enabled else None
+    if distill is not None:
+        from ada_curriculum.distill import policy_at
+
+        policy = policy_at(distill, cfg.policy, cfg.diffusion, 0)
+    else:
+        policy = make_policy(cfg.policy, cfg.diffusion)
     optimizer = make_optimizer(cfg.optim)
     builder = Builder(cfg, policy)
     current = config_lib.to_dict(cfg)
 
     probe = Checkpointer(run_dir / "checkpoints")
+    teacher = None
     try:
         resume_step = probe.latest_step()
         if resume_step is not None:
             saved = _newest_readable_meta(probe)
             if saved is not None:  # none readable: `restore` below says so
                 check_compatible(saved.get("config", {}), current, COMPATIBLE_KEYS)
-            state, meta, resume_step = probe.restore(state_template(policy, optimizer, cfg.seed))
+            stage_state = _distill_stage(cfg, saved)
+            # The checkpoint holds the generation its stage names: restore into that model's
+            # structure (again if `restore` fell back to a step of another generation).
+            step = None  # the newest readable step
+            while True:
+                generation = builder.generation(stage_state, run_dir) if stage_state is not None else None
+                template_policy = policy if generation is None else generation.policy
+                state, meta, step = probe.restore(state_template(template_policy, optimizer, cfg.seed), step)
+                restored = _distill_stage(cfg, meta)
+                if restored == stage_state:
+                    break
+                stage_state = restored
+            resume_step = step
             _set_aside_newer_steps(probe, resume_step, run_dir / "checkpoints-unreadable")
             counters, task_state = meta["counters"], meta.get("task_source")
             print(f"resuming {run_dir} from update {resume_step} "
                   f"({counters['env_steps']} env steps, {counters['episodes']} episodes)")
+            if stage_state is not None and distill is not None:
+                teacher = _load_teacher(stage_state, distill, generation, resume_step)
+                print(_describe_stage("resuming distillation at", stage_state, distill, resume_step, generation))
         else:
             state = _initial_state(cfg, policy, optimizer)
             counters, task_state = {"updates": 0, "env_steps": 0, "episodes": 0, "successes": 0,
                                     "seconds": 0.0, "actor_restarts": 0, "learner_stalls": 0}, None
+            stage_state = None
     finally:
         probe.close()
+    if distill is not None and stage_state is None:
+        from ada_curriculum.distill import stage
+
+        # Also a plain run resumed with distillation on: its model is generation 0.
+        stage_state = stage.init(distill)
     config_lib.save_config(cfg, run_dir / "config.json")
 
     dashboard = _start_dashboard(cfg)
     try:
-        run = _Run(cfg, builder, state, run_dir, counters, task_state, resume_step, dashboard)
+        run = _Run(cfg, builder, state, run_dir, counters, task_state, resume_step, dashboard, stage_state, teacher)
     except BaseException:
         if dashboard is not None:
             dashboard.close()
@@ -261,10 +357,16 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
 class _Run:
     """One run's live components (local objects or Ray handles) and its coordinator loop."""
 
-    def __init__(self, cfg, builder, state, run_dir, counters, task_state, resume_step=None, dashboard=None):
+    def __init__(self, cfg, builder, state, run_dir, counters, task_state, resume_step=None, dashboard=None,
+                 stage_state=None, teacher=None):
         self.cfg, self.builder, self.run_dir, self.counters = cfg, builder, run_dir, counters
         self.dashboard = dashboard
         self.started_ray = False
+        # Distillation: the stage state (JSON, checkpointed) and the generation it is in.
+        self.stage = stage_state
+        self.generation = builder.generation(stage_state, run_dir) if stage_state is not None else None
+        self._handover_pending = False
+        self._params: dict = {}
         self.history: list[dict] = []
         replay_args = builder.replay_server_args(str(run_dir / "replay"))
         if cfg.distributed:
@@ -291,14 +393,15 @@ class _Run:
         if cfg.demos and info["demo"]["size"] == 0:
             self.counters["demo_items"] = _load_demos(self.client, cfg)
         ckpt_dir = str(run_dir / "checkpoints")
+        distill = dict(generation=self.generation, teacher_variables=teacher, updates=self.counters["updates"])
         if cfg.distributed:
             self.learner = builder.remote(LearnerWorker, cfg.learner_resources).remote(
-                **builder.learner_args(state, self.address, self.variables, ckpt_dir))
+                **builder.learner_args(state, self.address, self.variables, ckpt_dir, **distill))
             self.actors = [builder.remote(ActorWorker, cfg.actor_resources, max_restarts=cfg.actor_max_restarts)
                            .remote(**builder.actor_args(i, self.address, self.variables, self.tasks))
                            for i in range(cfg.num_actors)]
         else:
-            self.learner = builder.make_learner(state, self.address, self.variables, ckpt_dir)
+            self.learner = builder.make_learner(state, self.address, self.variables, ckpt_dir, **distill)
             self.actors = [builder.make_actor(i, self.address, self.variables, self.tasks) for i in range(cfg.num_actors)]
         # Per actor, since this process started (not checkpointed): which actor fails, and
         # whether a restarted one is producing again with current weights.
@@ -331,6 +434,8 @@ class _Run:
                                   self.client.info(), probe)
         self._last_embedding = self.counters["updates"] - cfg.embedding_every  # the first at once
         self._embedded_version = None
+        if self.stage is not None:
+            self._distill_record()
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _absorb_actor(self, out: dict):
@@ -342,6 +447,7 @@ class _Run:
         stats["episodes"] += out["episodes"]
         stats["episodes_since_failure"] += out["episodes"]
         stats["version"] = out["version"]
+        stats["generation"] = out.get("generation", 0)  # which model acts (distillation)
         stats["restarting"] = False
         self._recent += [r["success"] for r in out["results"]]
         self._recent = self._recent[-100:]
@@ -353,14 +459,18 @@ class _Run:
             log.warning("learner: no replay batch within %.0f s (stall %d)", self.cfg.stall_timeout,
                         self.counters["learner_stalls"])
         curriculum = remote.call(self.tasks, "metrics")
+        distill = self._distill_metrics() if self.stage is not None else {}
         row = {**out, **{k: v for k, v in self.counters.items()}, "elapsed": self._elapsed(),
                "recent_success_rate": sum(self._recent) / len(self._recent) if self._recent else None,
-               **{k: curriculum[k] for k in ("curriculum/stage", "curriculum/coverage")}}
+               **{k: curriculum[k] for k in ("curriculum/stage", "curriculum/coverage")},
+               **{k: v for k, v in distill.items() if k not in out}}
         self.history.append(row)
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
         self.metrics.learner(self.counters["updates"], out, self.counters, self.actor_stats, self._recent,
-                             self.client.info(), curriculum)
+                             self.client.info(), curriculum, distill)
+        if self.stage is not None:
+            self._distill_progress(out, curriculum.get("curriculum/coverage"))
         if self.cfg.embedding_every and self.counters["updates"] - self._last_embedding >= self.cfg.embedding_every:
             self._embed()
         if self.counters["updates"] - self._last_checkpoint >= self.cfg.checkpoint_every:
@@ -368,14 +478,25 @@ class _Run:
         if self.evaluator is not None and self._eval_ref is None and \
                 self.counters["updates"] - self._last_eval >= self.cfg.eval_every:
             self._last_eval = self.counters["updates"]
-            self._eval_ref = remote.Poll(self.evaluator, "run")
+            self._eval_ref = remote.Poll(self.evaluator, "run_each", self._eval_names())
+
+    def _eval_names(self) -> list[str]:
+        """What to evaluate: the acting weights; while the teacher acts, the student instead,
+        plus the (frozen) teacher until its success is known."""
+        if self.stage is None or self.stage["acting"] == "student":
+            return ["acting"]
+        from ada_curriculum.distill import stage
+
+        return ["student"] + (["acting"] if stage.needs_teacher_eval(self.stage) else [])
 
     def _absorb_eval(self, final: bool = False):
         """Record a finished evaluation (evaluations run beside acting and learning on Ray)."""
         if self._eval_ref is None or not (final or self._eval_ref.ready()):
             return
-        result = self._eval_ref.result()
+        results = self._eval_ref.result()
         self._eval_ref = None
+        # The model being trained is the run's evaluation; a teacher's goes to the distillation records.
+        result = results.get("student") or results["acting"]
         self.last_eval = result
         if getattr(self, "first_eval", None) is None:
             self.first_eval = result
@@ -384,20 +505,101 @@ class _Run:
             self._curriculum_done = True
         row = {"kind": "eval", "updates": self.counters["updates"], "elapsed": self._elapsed(),
                **{f"eval/{k}": v for k, v in result.items()}}
+        if "student" in results and results.get("acting", {}).get("episodes"):
+            row.update({f"eval_teacher/{k}": v for k, v in results["acting"].items() if not isinstance(v, (list, dict))})
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
         self.metrics.evaluation(result)
+        if self.stage is not None:
+            self._distill_eval(results)
+
+    # -- distillation ------------------------------------------------------------------------------
+    def _param_count(self, policy) -> Optional[int]:
+        if policy is None:
+            return None
+        from ada_curriculum.distill import param_count
+
+        key = policy.config
+        if key not in self._params:
+            self._params[key] = param_count(policy)
+        return self._params[key]
+
+    def _distill_metrics(self) -> dict:
+        from ada_curriculum.distill import stage
+
+        g = self.generation
+        return {**stage.metrics(self.stage, self.cfg.distill, self.counters["updates"]),
+                "distill/params": self._param_count(g.policy),
+                "distill/teacher_params": self._param_count(g.teacher_policy)}
+
+    def _distill_record(self, distance: Optional[float] = None):
+        """A row of the store's distillation table (the dashboard's panel) at the current update."""
+        from ada_curriculum.distill import stage
+
+        g = self.generation
+        self.metrics.distillation(stage.store_record(
+            self.stage, self.cfg.distill, self.counters["updates"], distance, self._param_count(g.policy),
+            self._param_count(g.teacher_policy)))
+
+    def _distill_progress(self, out: dict, coverage: Optional[float]):
+        """After a learner result: tell the learner of a handover, record the stage, switch
+        to the next generation when a trigger fires."""
+        from ada_curriculum.distill import stage
+
+        self._apply_handover()
+        updates = self.counters["updates"]
+        distance = out.get("distill/distance") if out.get("distill/active") else None
+        self._distill_record(distance)
+        new, switched = stage.on_progress(self.stage, self.cfg.distill, updates, coverage)
+        if not switched:
+            return
+        self.stage = new
+        self.generation = self.builder.generation(new, self.run_dir)
+        remote.call(self.learner, "start_generation", self.generation, self.cfg.seed)
+        print(_describe_stage("switched to", new, self.cfg.distill, updates, self.generation), flush=True)
+        self._distill_record()
+        # Judge the handover as soon as possible: evaluate the new student (and its teacher) now.
+        self._last_eval = updates - self.cfg.eval_every
+
+    def _distill_eval(self, results: dict):
+        """Feed evaluated success to the stage; a handover is applied at the next learner result."""
+        from ada_curriculum.distill import stage
+
+        g = self.stage["generation"]
+
+        def rate(name, generation):
+            r = results.get(name) or {}
+            return r["success_rate"] if r.get("episodes") and r.get("generation") == generation else None
+
+        # Results of another generation (a switch while the evaluation ran) are not this stage's.
+        student = rate("student", g) if "student" in results else rate("acting", g)
+        teacher = rate("acting", g - 1) if g > 0 and self.stage["acting"] == "teacher" else None
+        new = stage.on_eval(self.stage, self.cfg.distill, teacher_success=teacher, student_success=student,
+                            updates=self.counters["updates"])
+        if new["acting"] != self.stage["acting"]:
+            self._handover_pending = True
+            print(f"distillation: handover to the student ({stage.student_preset(new)}) at update "
+                  f"{self.counters['updates']}: held-out success {new['student_success']:.2f} vs the teacher's "
+                  f"{new['teacher_success']:.2f} (margin {self.cfg.distill.handover_margin})", flush=True)
+        self.stage = new
+        self.generation = dataclasses.replace(self.generation, acting=new["acting"])
+        self._distill_record()
+
+    def _apply_handover(self):
+        if self._handover_pending:
+            remote.call(self.learner, "set_acting", "student")
+            self._handover_pending = False
 
     def _embed(self):
-        """An embedding snapshot of the newest published weights (a diagnostic: a failure is
+        """An embedding snapshot of the newest trained weights (a diagnostic: a failure is
         logged and turns snapshots off rather than ending the run)."""
         self._last_embedding = self.counters["updates"]
-        got = remote.call(self.variables, "get", -1)
-        if got is None or got[0] == self._embedded_version:
+        got = remote.call(self.variables, "get_with_policy", -1, "student")
+        if got is None or got[:1] + got[3:] == self._embedded_version:
             return
         try:
-            if self.metrics.embedding(got[0], got[1]):
-                self._embedded_version = got[0]
+            if self.metrics.embedding(got[0], got[1], got[2]):
+                self._embedded_version = got[:1] + got[3:]
         except Exception:  # noqa: BLE001
             log.warning("embedding: snapshot failed; no more snapshots this run", exc_info=True)
             self.metrics.embedding_probe = None
@@ -410,6 +612,13 @@ class _Run:
         meta = {"config": config_lib.to_dict(self.cfg), "kind": "train",
                 "counters": {**self.counters, "seconds": self._elapsed()},
                 "task_source": remote.call(self.tasks, "state"), "replay_checkpoint": replay_path}
+        if self.stage is not None:
+            self._apply_handover()  # the saved stage and the learner's acting weights agree
+            g = self.generation
+            meta["distill"] = self.stage
+            meta["distill_generation"] = {"index": g.index, "preset": g.policy.config.preset,
+                                          "down_dims": list(g.policy.config.model_kwargs()["down_dims"]),
+                                          "teacher": g.teacher_path}
         remote.call(self.learner, "save", self.counters["updates"], meta)
         self._last_checkpoint = self.counters["updates"]
         self.metrics.checkpointed(self.counters["updates"])
@@ -432,8 +641,8 @@ class _Run:
         start_updates = self.counters["updates"]
         with _StopFlag() as stop:
             reason = self._loop_distributed(stop) if self.cfg.distributed else self._loop_local(stop)
+        self._absorb_eval(final=True)  # before the checkpoint: it may hand acting over
         self.checkpoint()
-        self._absorb_eval(final=True)
         if self.cfg.embedding_every:
             self._embed()  # the final weights (the save published them)
         elapsed = time.monotonic() - self._t0
@@ -450,6 +659,9 @@ class _Run:
             "curriculum": {k: v for k, v in remote.call(self.tasks, "metrics").items()
                            if not isinstance(v, (list, dict))},
         }
+        if self.stage is not None:
+            summary["distillation"] = {**self._distill_metrics(), "history": self.stage["history"],
+                                       "teacher_path": self.generation.teacher_path}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 

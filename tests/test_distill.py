@@ -243,16 +243,16 @@ def test_kickstarting_loss_adds_weight_times_distance(diffusion):
     base = SuccessWeightedBC()(small, teacher, batch, jax.random.split(rng)[0])[0]
     # Student == teacher (same preset, same variables): the kickstarting term vanishes.
     loss, m = run(teacher, with_teacher(batch, teacher, 1.0), rng)
-    assert float(m["distill/distance_to_teacher"]) == pytest.approx(0.0, abs=1e-10)
+    assert float(m["distill/distance"]) == pytest.approx(0.0, abs=1e-10)
     assert float(loss) == pytest.approx(float(base), rel=1e-6)
     assert float(m["distill/base_loss"]) == pytest.approx(float(loss), rel=1e-7)
     other = small.init(jax.random.PRNGKey(9), teacher["normalizer"])
     loss, m = run(other, with_teacher(batch, teacher, 0.5), rng)
-    d = float(m["distill/distance_to_teacher"])
+    d = float(m["distill/distance"])
     assert d > 1e-3 and float(m["distill/weight"]) == 0.5 and float(m["distill/active"]) == 1.0
     assert float(loss) == pytest.approx(float(m["distill/base_loss"]) + 0.5 * d, rel=1e-6)
     loss0, m0 = run(other, with_teacher(batch, teacher, 0.0), rng)  # weight 0: the teacher is not run
-    assert float(m0["distill/distance_to_teacher"]) == 0.0 and float(m0["distill/active"]) == 0.0
+    assert float(m0["distill/distance"]) == 0.0 and float(m0["distill/active"]) == 0.0
     assert float(loss0) == float(m0["distill/base_loss"]) == float(m["distill/base_loss"])
 
 
@@ -345,7 +345,7 @@ def test_resume_mid_distillation_gives_the_same_weight_and_next_loss(diffusion, 
     _, m1 = step(state, with_teacher(batch, teacher, w))
     _, m2 = step(restored, with_teacher(batch, teacher2, stage.weight(s2, c, at)))
     assert float(m1["loss"]) == float(m2["loss"]) > 0
-    assert float(m1["distill/distance_to_teacher"]) == float(m2["distill/distance_to_teacher"])
+    assert float(m1["distill/distance"]) == float(m2["distill/distance"])
     with pytest.raises(CheckpointError, match="^distill.teacher:"):
         load_teacher(teacher_dir(tmp_path, s2), large)  # a snapshot of another size
 
@@ -370,7 +370,7 @@ def test_transformer_distance_to_its_action_outputs():
     batch, rng = _sequence_batch(np.random.default_rng(0)), jax.random.PRNGKey(2)
     objective = Kickstarting(lambda p, v, b, r: p.loss(v, b, r), tiny)
     _, m = jax.jit(functools.partial(objective, tiny))(teacher, with_teacher(batch, teacher, 1.0), rng)
-    assert float(m["distill/distance_to_teacher"]) == pytest.approx(0.0, abs=1e-10)
+    assert float(m["distill/distance"]) == pytest.approx(0.0, abs=1e-10)
 
     def loss(params, teacher_variables):
         return objective(small, {"params": params, "normalizer": student["normalizer"]},
@@ -378,8 +378,8 @@ def test_transformer_distance_to_its_action_outputs():
 
     (value, m), (g_student, g_teacher) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
         student["params"], teacher)
-    assert float(m["distill/distance_to_teacher"]) > 1e-3
-    assert float(value) == pytest.approx(float(m["distill/base_loss"]) + float(m["distill/distance_to_teacher"]),
+    assert float(m["distill/distance"]) > 1e-3
+    assert float(value) == pytest.approx(float(m["distill/base_loss"]) + float(m["distill/distance"]),
                                          rel=1e-6)
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(g_student))
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(g_teacher))

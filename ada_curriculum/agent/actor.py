@@ -27,9 +27,12 @@ class Actor:
         self.variable_update_period = variable_update_period
         self.envs = [envs.make(env_name, tasks="full", seed=seed * 1000 + j, **(env_kwargs or {}))
                      for j in range(num_envs)]
-        self.version, variables = self._wait_for_variables()
-        self.runner = PolicyRunner(policy, variables, num_envs, seed=seed, **(sampling or {}))
-        self._poll = remote.Poll(variable_source, "get", self.version)
+        self.version, variables, published_policy, self.generation = self._wait_for_variables()
+        # The published policy, when given: a distillation run may be past its first generation.
+        self.policy = published_policy or policy
+        self._runner_args = dict(num_envs=num_envs, seed=seed, **(sampling or {}))
+        self.runner = PolicyRunner(self.policy, variables, **self._runner_args)
+        self._poll = remote.Poll(variable_source, "get_with_policy", self.version)
         self._timesteps = [None] * num_envs
         self._episodes = [None] * num_envs
         self.env_steps = 0
@@ -42,7 +45,7 @@ class Actor:
     def _wait_for_variables(self, timeout: float = 120.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            got = remote.call(self.variable_source, "get", -1)
+            got = remote.call(self.variable_source, "get_with_policy", -1)
             if got is not None:
                 return got
             time.sleep(0.05)
@@ -60,9 +63,15 @@ class Actor:
         if self._poll.ready():
             got = self._poll.result()
             if got is not None:
-                self.version, variables = got
-                self.runner.set_variables(variables)
-            self._poll = remote.Poll(self.variable_source, "get", self.version)
+                self.version, variables, policy, self.generation = got
+                if policy is not None and policy != self.policy:
+                    # Another model (distillation handover): a new runner; episodes in flight
+                    # go on with it from their current observation.
+                    self.policy = policy
+                    self.runner = PolicyRunner(policy, variables, **self._runner_args)
+                else:
+                    self.runner.set_variables(variables)
+            self._poll = remote.Poll(self.variable_source, "get_with_policy", self.version)
 
     def run(self, num_steps: int) -> dict:
         """Step every env `num_steps` times; returns counters and the finished episodes' results."""
@@ -87,7 +96,8 @@ class Actor:
             remote.call(self.task_source, "report", results)
         # Per-call counts: a restarted actor starts from zero, so the coordinator sums deltas.
         return {"actor": self.actor_id, "env_steps": self.env_steps - steps_before, "episodes": len(results),
-                "successes": sum(r["success"] for r in results), "version": self.version, "results": results}
+                "successes": sum(r["success"] for r in results), "version": self.version,
+                "generation": self.generation, "results": results}
 
     def _finish(self, j: int, ts) -> dict:
         env, ep = self.envs[j], self._episodes[j]

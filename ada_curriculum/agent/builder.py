@@ -58,11 +58,13 @@ class LearnerWorker(Learner):
     """A learner that makes its own replay client and mixed-batch stream."""
 
     def __init__(self, policy, optim_cfg, objective, state, replay_address, window, batch_size, demo_fraction,
-                 variable_source, checkpoint_dir, publish_every, stall_timeout):
+                 variable_source, checkpoint_dir, publish_every, stall_timeout, generation=None, teacher_variables=None,
+                 updates=None):
         self._client = replay_lib.ReplayClient(replay_address, window=window, n_obs_steps=policy.n_obs_steps)
         batches = self._client.mixed_batches(batch_size, demo_fraction)
         super().__init__(policy, objective, make_optimizer(optim_cfg), optim_cfg, state, batches, variable_source,
-                         checkpoint_dir=checkpoint_dir, publish_every=publish_every, stall_timeout=stall_timeout)
+                         checkpoint_dir=checkpoint_dir, publish_every=publish_every, stall_timeout=stall_timeout,
+                         generation=generation, teacher_variables=teacher_variables, updates=updates)
 
     def node_id(self) -> str:
         import ray
@@ -71,9 +73,27 @@ class LearnerWorker(Learner):
 
 
 class Builder:
+    """`policy` is the run's first model (generation 0 under distillation); every generation
+    shares its horizon and observation layout, so replay windows fit them all."""
+
     def __init__(self, cfg, policy):
         self.cfg, self.policy = cfg, policy
         self.window = policy.config.horizon
+
+    # -- distillation ---------------------------------------------------------------------------
+    @property
+    def distill(self):
+        """The run's DistillConfig when distillation is on, else None."""
+        d = getattr(self.cfg, "distill", None)
+        return d if d is not None and d.enabled else None
+
+    def generation(self, stage_state, run_dir):
+        """The `distill.Generation` a stage state is in (None without distillation)."""
+        if self.distill is None:
+            return None
+        from ada_curriculum.distill import Generation
+
+        return Generation.of(stage_state, self.distill, self.cfg.policy, self.cfg.diffusion, run_dir)
 
     # -- replay ---------------------------------------------------------------------------------
     def replay_server_args(self, checkpoint_dir: str | None) -> dict:
@@ -114,17 +134,22 @@ class Builder:
     def make_actor(self, i: int, replay_address, variable_source, task_source) -> ActorWorker:
         return ActorWorker(**self.actor_args(i, replay_address, variable_source, task_source))
 
-    def learner_args(self, state, replay_address, variable_source, checkpoint_dir) -> dict:
+    def learner_args(self, state, replay_address, variable_source, checkpoint_dir, generation=None,
+                     teacher_variables=None, updates=None) -> dict:
+        """`generation` (a `distill.Generation`): the student to train (its policy replaces the
+        run's), its teacher's variables while the teacher is used, and the run's update count."""
         c = self.cfg
-        return dict(policy=self.policy, optim_cfg=c.optim, objective=self.objective(), state=state,
-                    replay_address=replay_address, window=self.window, batch_size=c.batch_size,
-                    demo_fraction=c.demo_fraction, variable_source=variable_source, checkpoint_dir=checkpoint_dir,
-                    publish_every=c.publish_every, stall_timeout=c.stall_timeout)
+        return dict(policy=self.policy if generation is None else generation.policy, optim_cfg=c.optim,
+                    objective=self.objective(), state=state, replay_address=replay_address, window=self.window,
+                    batch_size=c.batch_size, demo_fraction=c.demo_fraction, variable_source=variable_source,
+                    checkpoint_dir=checkpoint_dir, publish_every=c.publish_every, stall_timeout=c.stall_timeout,
+                    generation=generation, teacher_variables=teacher_variables, updates=updates)
 
-    def make_learner(self, state, replay_address, variable_source, checkpoint_dir) -> LearnerWorker:
-        return LearnerWorker(**self.learner_args(state, replay_address, variable_source, checkpoint_dir))
+    def make_learner(self, state, replay_address, variable_source, checkpoint_dir, **distill) -> LearnerWorker:
+        return LearnerWorker(**self.learner_args(state, replay_address, variable_source, checkpoint_dir, **distill))
 
     def objective(self):
+        """The RL objective; under distillation the learner adds the kickstarting term to it."""
         return SuccessWeightedBC(demo_weight=self.cfg.demo_weight, online_weight=self.cfg.online_weight)
 
     # -- Ray ------------------------------------------------------------------------------------

@@ -21,15 +21,27 @@ class Evaluator:
         self.tasks, self.num_envs = tasks, num_envs
         self.video_dir, self.videos = video_dir, videos
 
-    def run(self) -> dict:
-        """Evaluate the newest published weights; returns the summary tagged with their version."""
-        got = remote.call(self.variable_source, "get", -1)
+    def run(self, name: str = "acting") -> dict:
+        """Evaluate the newest weights published under `name` ("acting", or "student" during
+        distillation) with the policy they belong to; the summary is tagged with their version
+        and generation."""
+        got = remote.call(self.variable_source, "get_with_policy", -1, name)
         if got is None:
-            return {"version": -1, "episodes": 0}
-        version, variables = got
-        video_dir = Path(self.video_dir) / f"version_{version:07d}" if self.video_dir and self.videos else None
-        results = evaluate.rollout(self.policy, variables, self.plan, env_name=self.env_name,
+            return {"version": -1, "episodes": 0, "name": name}
+        version, variables, policy, generation = got
+        policy = policy or self.policy
+        # The same held-out episodes for every model, so teacher and student compare directly.
+        video_dir = None
+        if self.video_dir and self.videos:
+            video_dir = Path(self.video_dir) / (f"version_{version:07d}" if name == "acting" else
+                                                f"version_{version:07d}_{name}")
+        results = evaluate.rollout(policy, variables, self.plan, env_name=self.env_name,
                                    num_envs=self.num_envs, seed=HELD_OUT_SEED, env_kwargs=self.env_kwargs,
                                    video_episodes=self.videos if video_dir else 0, video_dir=video_dir)
-        return {"version": version, "tasks": self.tasks, **evaluate.summarize(results),
+        return {"version": version, "generation": generation, "name": name, "tasks": self.tasks,
+                **evaluate.summarize(results),
                 "videos": sorted(str(p) for p in video_dir.glob("*")) if video_dir else []}
+
+    def run_each(self, names) -> dict:
+        """{name: `run(name)`}: one call evaluates teacher and student while both matter."""
+        return {name: self.run(name) for name in names}

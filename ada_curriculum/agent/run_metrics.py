@@ -77,7 +77,7 @@ class RunMetrics:
 
     # -- per learner result --------------------------------------------------------------------
     def learner(self, step: int, out: Mapping, counters: Mapping, actor_stats: Sequence[Mapping],
-                recent: Sequence[bool], replay: Mapping, curriculum: Mapping) -> None:
+                recent: Sequence[bool], replay: Mapping, curriculum: Mapping, distill: Mapping | None = None) -> None:
         now = _Totals.now(counters, actor_stats, replay)
         dt = max(now.time - self._prev.time, 1e-6)
         values: dict[str, Any] = {k: v for k, v in out.items() if k != "updates" and k not in _LEARNER_BOOKKEEPING}
@@ -98,6 +98,9 @@ class RunMetrics:
                            f"replay/{table}/inserts_per_s": max(inserts - before[0], 0) / dt,
                            f"replay/{table}/samples_per_s": max(samples - before[1], 0) / dt})
         values.update({_C + "stage": curriculum.get(_C + "stage"), _C + "coverage": curriculum.get(_C + "coverage")})
+        # The distillation stage (`distill/generation`, `distill/acting_student`, ...); the
+        # learner's own `distill/weight` and `distill/distance` (means over its updates) win.
+        values.update({k: v for k, v in (distill or {}).items() if k not in values and isinstance(v, (int, float))})
         self.writer.scalars(values, step)
         self._prev = now
         self._latest = {"counters": dict(counters), "actor_stats": [dict(a) for a in actor_stats],
@@ -142,10 +145,17 @@ class RunMetrics:
             return
         self.writer.evaluation(int(result["version"]), result)
 
-    def embedding(self, step: int, variables) -> bool:
-        """The probe tasks' policy features under `variables`, projected to 2-D; False if skipped."""
+    def distillation(self, record: Mapping) -> None:
+        """A distillation stage record (`distill.stage.store_record`)."""
+        self.writer.distillation(**record)
+
+    def embedding(self, step: int, variables, policy=None) -> bool:
+        """The probe tasks' policy features under `variables` (of `policy`, when it is another
+        model than the probe's: a distillation student), projected to 2-D; False if skipped."""
         if self.embedding_probe is None:
             return False
+        if policy is not None and policy != self.embedding_probe.policy:
+            self.embedding_probe = self.embedding_probe.for_policy(policy)
         features, labels = self.embedding_probe(variables)
         if not np.isfinite(features).all():
             log.warning("embedding: non-finite policy features at update %d; snapshot skipped", step)
@@ -197,6 +207,13 @@ class EmbeddingProbe:
         self._obs: Optional[np.ndarray] = None
         self.labels: list[str] = []
         self._fn = None
+
+    def for_policy(self, policy) -> "EmbeddingProbe":
+        """The same probes for another model (its observations are the same)."""
+        probe = EmbeddingProbe(policy, self.env_name, self.env_kwargs, self.per_region, self.seed)
+        if policy.n_obs_steps == self.policy.n_obs_steps:
+            probe._obs, probe.labels = self._obs, list(self.labels)
+        return probe
 
     def observations(self) -> np.ndarray:
         """(N, n_obs_steps, obs_dim): each probe's first observation, repeated as the policy

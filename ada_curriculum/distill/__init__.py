@@ -7,7 +7,8 @@ generations (each generation's policy, the student's init, the teacher snapshot 
 
 from ada_curriculum.distill import stage
 from ada_curriculum.distill.generations import (
-    check_generations, generation_policy, init_student, load_teacher, presets_of, save_teacher, teacher_dir,
+    Generation, check_generations, generation_config, generation_policy, init_student, load_teacher, param_count,
+    policy_at, presets_of, save_teacher, teacher_dir,
 )
 from ada_curriculum.distill.objective import (
     TEACHER_KEY, WEIGHT_KEY, Kickstarting, distance_to_teacher, policy_loss, with_teacher,
@@ -15,7 +16,8 @@ from ada_curriculum.distill.objective import (
 from ada_curriculum.distill.schedule import DistillConfig, kickstart_ends, kickstart_weight
 
 __all__ = [
-    "DistillConfig", "Kickstarting", "TEACHER_KEY", "WEIGHT_KEY", "check_generations", "distance_to_teacher",
-    "generation_policy", "init_student", "kickstart_ends", "kickstart_weight", "load_teacher", "policy_loss",
-    "presets_of", "save_teacher", "stage", "teacher_dir", "with_teacher",
+    "DistillConfig", "Generation", "Kickstarting", "TEACHER_KEY", "WEIGHT_KEY", "check_generations",
+    "distance_to_teacher", "generation_config", "generation_policy", "init_student", "kickstart_ends",
+    "kickstart_weight", "load_teacher", "param_count", "policy_at", "policy_loss", "presets_of", "save_teacher",
+    "stage", "teacher_dir", "with_teacher",
 ]

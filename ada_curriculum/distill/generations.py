@@ -9,16 +9,17 @@ rewritten with every periodic checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
 from ada_curriculum.checkpointing import Checkpointer, CheckpointError
 from ada_curriculum.config import ConfigError
-from ada_curriculum.distill.schedule import DistillConfig
+from ada_curriculum.distill.schedule import DistillConfig, kickstart_ends, kickstart_weight
 from ada_curriculum.policies import make_policy
 from ada_curriculum.policies import normalizer as normalizer_lib
 from ada_curriculum.policies.base import Policy, Variables
@@ -38,24 +39,100 @@ def check_generations(cfg: DistillConfig, kind: str, policy_config: Any) -> None
     """Raise ConfigError naming the field if `cfg.generations` does not fit this policy.
 
     The run's policy config must be the first generation's, and must not pin the model size
-    some other way (diffusion `down_dims` overrides every preset, so the chain would not grow).
+    some other way (diffusion `down_dims` overrides every preset, so the chain would not grow)
+    unless `cfg.down_dims` gives every generation its own widths.
     """
     known = presets_of(kind)
     for g in cfg.generations:
         if g not in known:
             raise ConfigError("distill.generations", f"{g!r} is not a {kind} preset (presets: {', '.join(known)})")
-    if getattr(policy_config, "down_dims", ()):
+    if cfg.down_dims:
+        if kind != "diffusion":
+            raise ConfigError("distill.down_dims", f"sets U-Net widths; a {kind} policy has none")
+        first = cfg.widths(0)
+        if getattr(policy_config, "down_dims", ()) not in ((), first):
+            raise ConfigError(f"{kind}.down_dims", f"the run starts at the first generation's widths, "
+                                                   f"{cfg.down_dims[0]}; got {policy_config.down_dims}")
+        for g in range(len(cfg.generations)):
+            try:
+                generation_config(cfg, policy_config, g).validate()
+            except ConfigError as e:
+                raise ConfigError("distill.down_dims", f"generation {g} ({cfg.down_dims[g]}): {e}") from None
+    elif getattr(policy_config, "down_dims", ()):
         raise ConfigError(f"{kind}.down_dims", "overrides every preset, so the generations would all be the same "
-                                               "size; leave it empty with --distill.enabled")
+                                               "size; leave it empty with --distill.enabled (or set --distill.down-dims)")
     if policy_config.preset != cfg.generations[0]:
         raise ConfigError(f"{kind}.preset", f"the run starts at the first generation, "
                                             f"{cfg.generations[0]!r}; got {policy_config.preset!r}")
 
 
-def generation_policy(kind: str, policy_config: Any, preset: str) -> Policy:
+def generation_policy(kind: str, policy_config: Any, preset: str, down_dims: tuple[int, ...] = ()) -> Policy:
     """The run's policy with only the size changed: every generation shares horizon, obs and
     action layout, noise schedule, so teacher and student read the same batches."""
-    return make_policy(kind, dataclasses.replace(policy_config, preset=preset))
+    changes = {"preset": preset}
+    if down_dims:
+        changes["down_dims"] = tuple(down_dims)
+    return make_policy(kind, dataclasses.replace(policy_config, **changes))
+
+
+def generation_config(cfg: DistillConfig, policy_config: Any, g: int) -> Any:
+    """Generation g's policy config: the run's, at preset `generations[g]` (and `down_dims[g]`)."""
+    changes = {"preset": cfg.generations[g]}
+    if cfg.down_dims:
+        changes["down_dims"] = cfg.widths(g)
+    elif hasattr(policy_config, "down_dims"):
+        changes["down_dims"] = ()
+    return dataclasses.replace(policy_config, **changes)
+
+
+def policy_at(cfg: DistillConfig, kind: str, policy_config: Any, g: int) -> Policy:
+    """Generation g's policy."""
+    return make_policy(kind, generation_config(cfg, policy_config, g))
+
+
+def param_count(policy: Policy) -> int:
+    """Parameters of `policy`'s model, counted from shapes (nothing is allocated)."""
+    shapes = jax.eval_shape(lambda rng: policy.init(rng, normalizer_lib.identity(policy.obs_dim, policy.action_dim)),
+                            jax.random.PRNGKey(0))
+    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes["params"])))
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """What the learner trains in one generation and how the teacher enters its loss.
+
+    Frozen and picklable (it crosses to a Ray learner). `policy` is the student; from
+    generation 1 on, `teacher_policy` is the frozen previous generation, whose snapshot lives
+    at `teacher_path`, and the kickstarting weight is a function of the run's update count
+    (`weight(updates)`), so nothing about the schedule has to be checkpointed.
+    """
+
+    index: int
+    policy: Policy
+    cfg: DistillConfig
+    switch_updates: int = 0
+    teacher_policy: Optional[Policy] = None
+    teacher_path: Optional[str] = None
+    acting: str = "student"  # who the published acting weights are: "student" or "teacher"
+
+    def weight(self, updates: int) -> float:
+        if self.teacher_policy is None:
+            return 0.0
+        return kickstart_weight(self.cfg, max(int(updates) - self.switch_updates, 0))
+
+    def kickstarting(self, updates: int) -> bool:
+        """Whether the teacher is still in the loss (once False, for good in this generation)."""
+        return self.teacher_policy is not None and int(updates) - self.switch_updates < kickstart_ends(self.cfg)
+
+    @classmethod
+    def of(cls, state: Mapping, cfg: DistillConfig, kind: str, policy_config: Any, run_dir) -> "Generation":
+        """The generation a stage state (`stage.py`) is in."""
+        g = state["generation"]
+        if g == 0:
+            return cls(0, policy_at(cfg, kind, policy_config, 0), cfg, int(state["switch_updates"]))
+        return cls(g, policy_at(cfg, kind, policy_config, g), cfg, int(state["switch_updates"]),
+                   policy_at(cfg, kind, policy_config, g - 1), str(teacher_dir(run_dir, state).absolute()),
+                   state["acting"])
 
 
 def init_student(student_policy: Policy, teacher_variables: Variables, rng: jax.Array) -> Variables:

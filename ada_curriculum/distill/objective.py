@@ -134,7 +134,7 @@ class Kickstarting:
 
     The batch must carry `WEIGHT_KEY` and `TEACHER_KEY` (`with_teacher`); they are removed
     before the base objective sees it. While the weight is 0 the teacher is not run at all
-    (`lax.cond`), and `distill/distance_to_teacher` reads 0 with `distill/active` 0.
+    (`lax.cond`), and `distill/distance` reads 0 with `distill/active` 0.
     """
 
     base: Callable[..., Any]
@@ -156,4 +156,4 @@ class Kickstarting:
             lambda: jnp.zeros((), jnp.float32))
         loss = base_loss + weight * distance
         return loss, {**metrics, "loss": loss, "distill/base_loss": base_loss, "distill/weight": weight,
-                      "distill/distance_to_teacher": distance, "distill/active": active.astype(jnp.float32)}
+                      "distill/distance": distance, "distill/active": active.astype(jnp.float32)}

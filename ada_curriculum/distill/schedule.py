@@ -54,8 +54,9 @@ class DistillConfig:
     anneal_updates: int = dataclasses.field(
         default=4000, metadata={"min": 0, "help": "updates of the linear anneal to 0 (schedule anneal)"})
     handover_margin: float = dataclasses.field(
-        default=0.05, metadata={"min": 0.0, "max": 1.0,
-                                "help": "actors switch to the student once its success >= the teacher's - this"})
+        default=0.05, metadata={"min": -1.0, "max": 1.0,
+                                "help": "actors switch to the student once its success >= the teacher's - this "
+                                        "(negative: the student must beat the teacher by that much)"})
     # What "the teacher's actions" means for a diffusion policy (the transformer always matches
     # its action outputs): "noise" compares the two eps-predictions on the same noised chunk
     # and timestep (one forward pass each); "action" compares the chunks both denoise from the
@@ -64,10 +65,16 @@ class DistillConfig:
         default="noise", metadata={"help": "diffusion: match the teacher's noise predictions or its denoised chunks"})
     denoise_steps: Optional[int] = dataclasses.field(
         default=None, metadata={"min": 1, "help": "DDIM steps of target=action (none: the policy's)"})
+    # Custom sizes (tiny test models, or a chain the presets do not have): one U-Net width list
+    # per generation, levels joined by "x"; each generation keeps its preset's other settings.
+    down_dims: tuple[str, ...] = dataclasses.field(
+        default=(), metadata={"help": "diffusion: U-Net widths per generation overriding the presets', "
+                                      "e.g. 16x32,32x64 (empty: the presets')"})
 
     def __post_init__(self):
         # A list from JSON would make the config unhashable.
         object.__setattr__(self, "generations", tuple(self.generations))
+        object.__setattr__(self, "down_dims", tuple(self.down_dims))
 
     def validate(self) -> None:
         gens = self.generations
@@ -97,13 +104,32 @@ class DistillConfig:
             raise ConfigError("schedule", f"expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         _non_negative_int("constant_updates", self.constant_updates)
         _non_negative_int("anneal_updates", self.anneal_updates)
-        if not (_finite(self.handover_margin) and 0 <= self.handover_margin <= 1):
-            raise ConfigError("handover_margin", f"expected a number in [0, 1], got {self.handover_margin!r}")
+        if not (_finite(self.handover_margin) and -1 <= self.handover_margin <= 1):
+            raise ConfigError("handover_margin", f"expected a number in [-1, 1], got {self.handover_margin!r}")
         if self.target not in TARGETS:
             raise ConfigError("target", f"expected one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.down_dims:
+            if len(self.down_dims) != len(gens):
+                raise ConfigError("down_dims", f"expected one width list per generation ({len(gens)}), "
+                                               f"got {len(self.down_dims)}")
+            for g in range(len(gens)):
+                self.widths(g)
         steps = self.denoise_steps
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ConfigError("denoise_steps", f"expected none or an int >= 1, got {steps!r}")
+
+    def widths(self, g: int) -> tuple[int, ...]:
+        """Generation g's U-Net widths from `down_dims` (() when the preset's apply)."""
+        if not self.down_dims:
+            return ()
+        text = self.down_dims[g]
+        try:
+            dims = tuple(int(d) for d in str(text).split("x"))
+        except ValueError:
+            dims = ()
+        if not dims or any(d < 1 for d in dims):
+            raise ConfigError("down_dims", f"expected widths like 16x32 per generation, got {text!r}")
+        return dims
 
 
 def kickstart_weight(cfg: DistillConfig, updates_since_switch: int) -> float:

@@ -232,11 +232,12 @@ def metrics(state: Mapping, cfg: DistillConfig, updates: int) -> dict:
 
 
 def store_record(state: Mapping, cfg: DistillConfig, updates: int, distance_to_teacher: float | None = None,
-                 params: int | None = None) -> dict:
+                 params: int | None = None, teacher_params: int | None = None) -> dict:
     """Keyword arguments for `MetricsStore.distillation(**record)` (the dashboard's stage table)."""
     return {"step": _int("updates", updates), "generation": state["generation"], "preset": student_preset(state),
             "params": params, "teacher_success": state["teacher_success"],
             "student_success": state["student_success"], "distance_to_teacher": distance_to_teacher,
             "weight": weight(state, cfg, updates),
-            "extra": {"teacher_preset": teacher_preset(state), "acting": state["acting"],
+            "extra": {"teacher_preset": teacher_preset(state), "teacher_params": teacher_params,
+                      "acting": state["acting"], "acting_preset": acting_preset(state),
                       "switch_updates": state["switch_updates"]}}
