@@ -74,6 +74,21 @@ def test_training_reduces_loss_and_tracks_ema():
     assert set(k for k in m if k.startswith("grad_norm/")) == {"grad_norm/encoder", "grad_norm/head"}
 
 
+def test_ema_without_warmup_averages_at_the_configured_decay_from_the_first_update():
+    # Fine-tuning: the EMA starts at the pretrained weights and must stay close to them, rather
+    # than jumping to the first updates' raw params as the warm-up does.
+    decay = 0.9
+    for warmup, expected in ((False, decay), (True, 1.0 - 2.0 ** -0.75)):
+        cfg = OptimConfig(learning_rate=1e-2, warmup_steps=1, decay_steps=1000, ema_decay=decay, ema_warmup=warmup)
+        _, state, step = setup(cfg)
+        before = state.ema_params
+        state, m = step(state, make_batch(np.random.default_rng(0)))
+        assert float(m["ema_decay"]) == pytest.approx(expected)
+        want = jax.tree_util.tree_map(lambda e, p: expected * e + (1 - expected) * p, before, state.params)
+        for got, ref in zip(jax.tree_util.tree_leaves(state.ema_params), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+
+
 def test_gradient_spike_is_clipped_back_to_k_times_the_running_norm():
     cfg = OptimConfig(learning_rate=1e-2, warmup_steps=1, decay_steps=1000, clip_factor=4.0, max_grad_norm=1e6)
     _, state, step = setup(cfg)

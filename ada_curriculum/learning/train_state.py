@@ -25,6 +25,11 @@ class OptimConfig:
     clip_norm_decay: float = 0.9  # smoothing of the running norm the jump is measured against
     max_grad_norm: float = 100.0  # absolute ceiling, also for the first updates
     ema_decay: float = 0.999  # EMA of params for acting; warmed up as 1 - (1 + step)^-0.75 capped here
+    # The warm-up suits training from scratch, whose first params are worthless. Fine-tuning
+    # starts from good (EMA) weights: warming up there makes the EMA track the raw params of the
+    # first updates (reset optimiser moments, small batches), and acting gets worse for hundreds
+    # of updates. Off, the EMA averages at `ema_decay` from the first update.
+    ema_warmup: bool = True
 
     def validate(self):
         for name in ("learning_rate", "clip_factor", "max_grad_norm"):

@@ -58,7 +58,9 @@ def make_train_step(policy_or_loss, optimizer: optax.GradientTransformation, cfg
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         step = state.step + 1
-        decay = jnp.minimum(cfg.ema_decay, 1.0 - (1.0 + step.astype(jnp.float32)) ** -0.75)
+        decay = jnp.asarray(cfg.ema_decay, jnp.float32)
+        if cfg.ema_warmup:
+            decay = jnp.minimum(decay, 1.0 - (1.0 + step.astype(jnp.float32)) ** -0.75)
         ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
 
         # A non-finite loss or gradient leaves every part of the state as it was (but the rng
