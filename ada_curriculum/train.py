@@ -367,6 +367,7 @@ class _Run:
         self.generation = builder.generation(stage_state, run_dir) if stage_state is not None else None
         self._handover_pending = False
         self._params: dict = {}
+        self._distance: Optional[float] = None  # the student's latest distance to its teacher
         self.history: list[dict] = []
         replay_args = builder.replay_server_args(str(run_dir / "replay"))
         if cfg.distributed:
@@ -532,13 +533,14 @@ class _Run:
                 "distill/params": self._param_count(g.policy),
                 "distill/teacher_params": self._param_count(g.teacher_policy)}
 
-    def _distill_record(self, distance: Optional[float] = None):
-        """A row of the store's distillation table (the dashboard's panel) at the current update."""
+    def _distill_record(self):
+        """A row of the store's distillation table (the dashboard's panel) at the current update,
+        with the student's latest measured distance to its teacher."""
         from ada_curriculum.distill import stage
 
         g = self.generation
         self.metrics.distillation(stage.store_record(
-            self.stage, self.cfg.distill, self.counters["updates"], distance, self._param_count(g.policy),
+            self.stage, self.cfg.distill, self.counters["updates"], self._distance, self._param_count(g.policy),
             self._param_count(g.teacher_policy)))
 
     def _distill_progress(self, out: dict, coverage: Optional[float]):
@@ -548,13 +550,15 @@ class _Run:
 
         self._apply_handover()
         updates = self.counters["updates"]
-        distance = out.get("distill/distance") if out.get("distill/active") else None
-        self._distill_record(distance)
+        if out.get("distill/active"):
+            self._distance = out.get("distill/distance")
+        self._distill_record()
         new, switched = stage.on_progress(self.stage, self.cfg.distill, updates, coverage)
         if not switched:
             return
         self.stage = new
         self.generation = self.builder.generation(new, self.run_dir)
+        self._distance = None  # a new student: not measured yet
         remote.call(self.learner, "start_generation", self.generation, self.cfg.seed)
         print(_describe_stage("switched to", new, self.cfg.distill, updates, self.generation), flush=True)
         self._distill_record()

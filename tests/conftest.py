@@ -53,10 +53,18 @@ def compile_cache_dir(request, tmp_path_factory) -> str:
     return str(cache.mkdir("jax-compile-cache") if cache else tmp_path_factory.mktemp("jax-cache"))
 
 
+# real_run's distillation: generation 0 (U-Net 16x32) for 4 updates, then a 32x64 student
+# kickstarted at weight 1 for 4 updates and annealed to 0 over 4 more; both fail every held-out
+# episode, so the first evaluation after the switch (teacher and student) hands acting over.
+REAL_RUN_DISTILL = {"enabled": True, "generations": ["small", "base"], "down_dims": ["16x32", "32x64"],
+                    "switch_every_updates": 4, "weight": 1.0, "constant_updates": 4, "anneal_updates": 4}
+
+
 @pytest.fixture(scope="session")
 def real_run(demos, tmp_path_factory, compile_cache_dir):
     """A short real in-process `train` run (widening curriculum, held-out evaluation with a video,
-    policy embeddings, its own dashboard) whose metrics store the store and browser tests read.
+    policy embeddings, a distillation switch and handover, its own dashboard) whose metrics store
+    the store and browser tests read.
     Read only: copy the directory to change it. Returns {"run", "summary", "served"}, where
     `served` is what train's own dashboard answered on /api/health during the run."""
     import json
@@ -82,5 +90,5 @@ def real_run(demos, tmp_path_factory, compile_cache_dir):
         summary = train(tiny(run, demos, distributed=False, tasks="full", curriculum=curriculum,
                              actor_steps_per_call=16, max_updates=12, checkpoint_every=8, eval_every=8,
                              eval_episodes=2, eval_videos=1, embedding_every=8, dashboard=True, dashboard_port=0,
-                             metrics={"snapshot_interval": 0.0}), on_start=on_start)
+                             metrics={"snapshot_interval": 0.0}, distill=REAL_RUN_DISTILL), on_start=on_start)
     return {"run": run, "summary": summary, "served": served}

@@ -230,9 +230,7 @@ def test_a_real_train_run(page, start, real_run, tmp_path):
     server = start(run)
     page.page.goto(server.url)
     for name in PANELS:
-        if name != "distillation":  # train has no distillation stage (yet)
-            expect(page.panel(name)).to_have_attribute("data-state", "ready")
-    expect(page.panel("distillation")).to_have_attribute("data-state", "empty")
+        expect(page.panel(name)).to_have_attribute("data-state", "ready")
 
     expect(page.by_testid("run-status")).to_have_text("finished")
     expect(page.by_testid("last-step")).to_have_text("12")
@@ -249,6 +247,15 @@ def test_a_real_train_run(page, start, real_run, tmp_path):
     expect(page.by_testid("eval-latest")).to_contain_text("latest evaluation at update 12")
     expect(page.by_testid("embedding-plot").locator("circle")).to_have_count(36)
     expect(page.by_testid("embedding-plot")).to_contain_text("banana far left (4)")
+    # The run's distillation (conftest's REAL_RUN_DISTILL): the 32x64 student took over at update 4.
+    expect(page.by_testid("distill-current")).to_have_text("generation 1 (base)")
+    from ada_curriculum.metrics_store import MetricsReader
+
+    with MetricsReader(run) as r:
+        records = len(r.distillation())
+    expect(page.by_testid("distill-table").locator("tr")).to_have_count(1 + min(records, 8))  # the newest 8
+    expect(page.by_testid("distill-table").locator("tr").last).to_contain_text("base")
+    expect(page.by_testid("chart-distance").locator("polyline")).not_to_have_count(0)
     expect(page.panel("videos").locator("video")).to_have_count(1)
     page.page.wait_for_function(
         "[...document.querySelectorAll('video')].every(v => v.readyState >= 1 && v.videoWidth > 0)")

@@ -28,10 +28,10 @@ def compile_cache(compile_cache_dir):
 
 
 def distilled(run, demos, **kw):
-    distill = {**DISTILL, **kw.pop("distill", {})}
     # 16 steps per actor call finish 15-step episodes at once: the learner never waits for data.
-    return tiny(run, demos, distributed=False, eval_every=8, eval_episodes=2, actor_steps_per_call=16,
-                distill=distill, **kw)
+    kw = {"distributed": False, "eval_every": 8, "eval_episodes": 2, "actor_steps_per_call": 16, **kw,
+          "distill": {**DISTILL, **kw.get("distill", {})}}
+    return tiny(run, demos, **kw)
 
 
 def learner_rows(run):
@@ -193,3 +193,22 @@ def test_no_handover_while_the_student_is_worse_than_the_margin_allows(demos, tm
     # The student was evaluated on its own (the teacher's success came with it from generation 0).
     evals = [r for r in rows_all(run) if r.get("kind") == "eval"]
     assert evals[-1]["eval/name"] == "student" and evals[-1]["eval/generation"] == 1
+
+
+def test_distillation_on_ray_through_the_same_builder(demos, tmp_path):
+    ray = pytest.importorskip("ray")
+    run = tmp_path / "run"
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = train(distilled(run, demos, distributed=True, max_updates=12))
+    finally:
+        ray.shutdown()
+    assert summary["stopped_by"] == "max_updates"
+    d = summary["distillation"]
+    assert d["distill/generation"] == 1 and d["history"][0]["event"] == "switch"
+    assert (run / "distill" / "teacher-0-small").is_dir()
+    kickstarted = [r for r in learner_rows(run) if r.get("distill/active")]
+    assert kickstarted and all(r["distill/distance"] > 0 and r["distill/weight"] > 0 for r in kickstarted)
+    # The evaluation started at the switch is waited for at the end: its handover is in the last checkpoint.
+    meta = meta_of(run)
+    assert meta["distill"]["acting"] == "student" and meta["distill_generation"]["down_dims"] == [32, 64]

@@ -14,7 +14,7 @@ from ada_curriculum.config import ConfigError
 from ada_curriculum.curriculum.metrics import success_grids
 from ada_curriculum.metrics_store import MetricsReader
 from ada_curriculum.train import TrainConfig, _start_dashboard, train
-from conftest import jax_compile_cache
+from conftest import REAL_RUN_DISTILL, jax_compile_cache
 from test_train import tiny
 
 CURVES = ("loss", "grad_norm", "clipped", "clip_count", "learner/updates_per_s", "actors/env_steps_per_s",
@@ -93,6 +93,20 @@ def test_a_real_run_writes_every_kind_of_record(real_run):
         assert len(labels) == 36 and len(set(labels)) == 9 and labels.count("banana far left") == 4
         assert emb["method"] == "pca" and 0 < sum(emb["explained"]) <= 1 + 1e-9
 
+        # Distillation: generation 0 to update 4, then the larger student, kickstarted, evaluated
+        # beside its teacher (same held-out episodes) and handed acting at once (both fail all).
+        stages = r.distillation()
+        assert stages[0]["generation"] == 0 and stages[-1]["generation"] == 1 and stages[-1]["step"] == 12
+        assert stages[-1]["preset"] == "base" and stages[-1]["params"] > stages[-1]["extra"]["teacher_params"]
+        assert stages[-1]["extra"]["acting"] == "student"
+        assert all(s["distance_to_teacher"] > 0 for s in stages if s["step"] in (8, 12) and s["generation"] == 1)
+        assert any(s["teacher_success"] == 0.0 and s["student_success"] == 0.0 for s in stages)
+        weights = {p[0]: p[2] for p in r.scalars(["distill/weight"])["distill/weight"]}
+        assert weights == {4: 0.0, 8: 1.0, 12: pytest.approx(0.625)}
+        assert {p[0] for p in r.scalars(["distill/distance"])["distill/distance"]} == {8, 12}
+    d = summary["distillation"]
+    assert [h["event"] for h in d["history"]] == ["switch", "handover"] and d["distill/generation"] == 1
+
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert "loss" in (run / "metrics.jsonl").read_text()  # the JSON lines log is still written
 
@@ -118,7 +132,8 @@ def test_a_resume_drops_rows_after_the_restored_checkpoint(real_run, demos, tmp_
     curriculum = {"strategy": "widening", "widening": {"dims": ["banana_x", "banana_y"], "window": 2,
                                                        "threshold": 0.0, "boundary_prob": 1.0}}
     summary = train(tiny(run, demos, distributed=False, tasks="full", curriculum=curriculum, actor_steps_per_call=16,
-                         max_updates=12, checkpoint_every=8), on_start=on_start)
+                         max_updates=12, checkpoint_every=8, eval_every=8, eval_episodes=2,
+                         distill=REAL_RUN_DISTILL), on_start=on_start)
     assert summary["updates"] == 12
     assert seen == {"last_step": 8, "loss": [4, 8], "embeddings": [4], "evals": [4]}
     with MetricsReader(run) as r:
