@@ -67,9 +67,15 @@ class Learner:
             from ada_curriculum.distill import Kickstarting
 
             objective = Kickstarting(objective, g.teacher_policy, g.cfg.target, g.cfg.denoise_steps)
+        optim_cfg = self._optim_cfg
+        if g is not None and g.index > 0 and not getattr(optim_cfg, "ema_warmup", True):
+            import dataclasses
+
+            # A student trains from scratch: its EMA warms up whatever the fine-tuning setting.
+            optim_cfg = dataclasses.replace(optim_cfg, ema_warmup=True)
         # The objective wraps the policy's own loss with the RL weighting of each window.
         loss = functools.partial(objective, self.policy)
-        self._step = jax.jit(make_train_step(loss, self._optimizer, self._optim_cfg), donate_argnums=0)
+        self._step = jax.jit(make_train_step(loss, self._optimizer, optim_cfg), donate_argnums=0)
         self._kickstarting = kickstarting
 
     def _inputs(self, batch):
