@@ -29,8 +29,19 @@ import tensorflow as tf
 
 from ada_curriculum.config import ConfigError
 
-# Per-window fields that hold one value for the whole window (taken from the window's real step).
-_SCALARS = ("weight", "success", "version", "task", "trial")
+
+def _feed_options() -> tf.data.Options:
+    """tf.data settings for the learner's batch stream: one thread of its own and no autotuning.
+
+    The learner consumes a few percent of what Reverb serves (a batch per update), so a
+    pipeline on one thread keeps up, and on a small machine every further tf.data thread (and
+    the autotuner's) takes cycles from XLA's update running beside it.
+    """
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    options.autotune.enabled = False
+    return options
 
 
 class ReplayFullError(RuntimeError):
@@ -240,20 +251,32 @@ class ReplayClient:
         W, pad = self.window, self.n_obs_steps - 1
         # Padded step i holds real step idx[i]; the window of real step t starts at padded step t.
         idx = np.clip(np.arange(T - 1 + W) - pad, 0, T - 1)
-        episode = {"weight": np.float32(weight), "success": np.float32(success),
-                   "version": np.int64(version), "task": task}
-        writer = self._get_writer()
+        # Straight to Reverb's C++ writer: the Python wrapper's per-step structure flattening and
+        # history bookkeeping cost more than the writes (an actor pays this for every env step).
+        # Columns in the signature's flattened (sorted-key) order; the per-episode constants are
+        # written once, with the first step, and every window references that one cell.
+        columns = sorted(spec)
+        per_step = {"obs": obs, "action": action, "trial": trial}
+        constants = {"weight": np.float32(weight), "success": np.float32(success),
+                     "version": np.int64(version), "task": task}
+        steps = {k: [] for k in per_step}
+        squeeze = [k not in ("obs", "action") for k in columns]
+        writer = self._get_writer()._writer  # the C++ writer (the wrapper owns and closes it)
         try:
             for i, t in enumerate(idx):
-                writer.append({"obs": obs[t], "action": action[t], "trial": trial[t], **episode})
+                refs = writer.Append([per_step[k][t] if k in per_step else constants[k] if i == 0 else None
+                                      for k in columns])
                 if i == 0:
-                    history = writer.history  # live view; fetched once as building it is not free
+                    const_refs = {k: refs[c] for c, k in enumerate(columns) if k in constants}
+                for c, k in enumerate(columns):
+                    if k in per_step:
+                        steps[k].append(refs[c])
                 if i >= W - 1:
-                    item = {"obs": history["obs"][-W:], "action": history["action"][-W:]}
                     # Scalars come from the window's real step, which is `pad` steps into it.
-                    item.update({k: history[k][pad - W] for k in _SCALARS})
-                    writer.create_item(table, priority=1.0, trajectory=item)
-            writer.end_episode()  # flushes: returns once the server holds every item
+                    item = [steps[k][-W:] if k in ("obs", "action") else [steps[k][pad - W]] if k in per_step
+                            else [const_refs[k]] for k in columns]
+                    writer.CreateItem(table, 1.0, item, squeeze)
+            writer.EndEpisode(True, None)  # flushes: returns once the server holds every item
         except BaseException:
             self._close_writer()  # its buffers are mid-episode; start the next episode afresh
             raise
@@ -284,14 +307,14 @@ class ReplayClient:
         parts = []
         for table, n, is_demo in ((ReplayServer.DEMO, n_demo, True), (ReplayServer.ONLINE, batch_size - n_demo, False)):
             if n > 0:
-                part = self._windows(table, n, timeout_ms).batch(n, drop_remainder=True)
+                part = self._windows(table, n, timeout_ms, workers=1).batch(n, drop_remainder=True)
                 parts.append(part.map(lambda b, n=n, is_demo=is_demo: {**b, "is_demo": tf.fill([n], is_demo)}))
         if len(parts) == 2:
             ds = tf.data.Dataset.zip(tuple(parts)).map(
                 lambda d, o: {k: tf.concat([d[k], o[k]], axis=0) for k in d})
         else:
             ds = parts[0]
-        return ds.prefetch(prefetch).as_numpy_iterator()
+        return ds.prefetch(prefetch).with_options(_feed_options()).as_numpy_iterator()
 
     def info(self) -> dict:
         return _tables_info(self._client)

@@ -5,6 +5,9 @@ bare env stepping of the same envs, and two Ray actors against one on this machi
    episode bookkeeping, Reverb writes, task source) against the same number of envs stepped with
    the scripted demonstrator's actions, recorded beforehand on the same task distribution and
    replayed open loop (resets included). Interleaved repeat by repeat, one core (pinned).
+   The actor runs as `train` builds it (aligned chunk boundaries, `Actor(align_chunks=True)`);
+   `--compare-unaligned` also times, in the same interleaved loop, an actor that replans each env
+   on its own. `policy_calls_per_100_steps`: full-batch policy calls per 100 env steps.
 2. `two_vs_one_actor_ratio`: total env steps/s of two concurrent Ray actors over one, the same
    two worker processes timed alone and together, phase after phase.
 
@@ -13,6 +16,7 @@ opened up as in an in-process run, since no learner samples here). The policy is
 `--init` run when it exists, else a fresh small diffusion policy. Last line: JSON.
 
     .venv/bin/python bench/actor_throughput.py [--init runs/bc-diffusion] [--envs 2] [--repeats 5]
+        [--sampling-steps N] [--compare-unaligned] [--skip-ray]
 """
 
 from __future__ import annotations
@@ -100,22 +104,37 @@ class EnvOnly:
         return num_steps * len(self.envs)
 
 
+def sampling(args) -> dict:
+    """The actors' sampling arguments: the policy's defaults unless --sampling-steps is given."""
+    return {} if args.sampling_steps is None else {"sampling": {"num_inference_steps": args.sampling_steps}}
+
+
 def policy_vs_env(cfg, policy, variables, args) -> dict:
     builder = Builder(cfg, policy)
     server = builder.make_replay_server(None)
     source = VariableSource()
     source.publish(variables, 1)
-    actor = builder.make_actor(0, server.address, source, builder.make_task_source())
+    kinds = {"aligned": True, **({"unaligned": False} if args.compare_unaligned else {})}
+    actors = {name: ActorWorker(**builder.actor_args(0, server.address, source, builder.make_task_source()),
+                                align_chunks=align, **sampling(args))
+              for name, align in kinds.items()}
+    actor = actors["aligned"]
     env_only = EnvOnly(cfg, record_demos(cfg, args.envs, args.steps * (args.repeats + 1)))
     try:
-        actor.run(args.steps)  # compiles the policy
+        for a in actors.values():
+            a.run(args.steps)  # compiles the policy
         env_only.run(args.steps // 4)
-        actor_rates, env_rates = [], []
-        chunks_before = actor.runner._rng  # noqa: F841 - (the runner keeps no counter; see below)
+        rates = {name: [] for name in actors}
+        env_rates = []
+        calls = {name: [0, 0] for name in actors}  # policy calls, env steps (timed calls only)
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            out = actor.run(args.steps)
-            actor_rates.append(out["env_steps"] / (time.perf_counter() - t0))
+            for name, a in actors.items():
+                before = a.runner.policy_calls
+                t0 = time.perf_counter()
+                out = a.run(args.steps)
+                rates[name].append(out["env_steps"] / (time.perf_counter() - t0))
+                calls[name][0] += a.runner.policy_calls - before
+                calls[name][1] += out["env_steps"]
             t0 = time.perf_counter()
             n = env_only.run(args.steps)
             env_rates.append(n / (time.perf_counter() - t0))
@@ -129,13 +148,23 @@ def policy_vs_env(cfg, policy, variables, args) -> dict:
         chunk_ms = (time.perf_counter() - t0) / 10 * 1000
         episodes = actor.episodes
     finally:
-        actor.close()
+        for a in actors.values():
+            a.close()
         server.stop()
-    actor_sps, env_sps = statistics.median(actor_rates), statistics.median(env_rates)
-    return {"actor_env_steps_per_s": round(actor_sps, 1), "env_only_steps_per_s": round(env_sps, 1),
-            "policy_vs_env_ratio": round(actor_sps / env_sps, 3),
-            "policy_chunk_ms": round(chunk_ms, 2), "env_step_ms": round(1000 / env_sps, 3),
-            "actor_episodes": episodes}
+    actor_sps, env_sps = statistics.median(rates["aligned"]), statistics.median(env_rates)
+    out = {"actor_env_steps_per_s": round(actor_sps, 1), "env_only_steps_per_s": round(env_sps, 1),
+           "policy_vs_env_ratio": round(actor_sps / env_sps, 3),
+           "policy_chunk_ms": round(chunk_ms, 2), "env_step_ms": round(1000 / env_sps, 3),
+           "policy_calls_per_100_steps": round(100 * calls["aligned"][0] / calls["aligned"][1], 2),
+           # Each repeat's actor/env pair ran back to back: the median of their ratios is the figure
+           # least moved by other load on a shared machine (the headline is the ratio of medians).
+           "pairwise_median_ratio": round(statistics.median(a / e for a, e in zip(rates["aligned"], env_rates)), 3),
+           "actor_episodes": episodes}
+    if "unaligned" in rates:
+        un = statistics.median(rates["unaligned"])
+        out.update(unaligned_env_steps_per_s=round(un, 1), unaligned_policy_vs_env_ratio=round(un / env_sps, 3),
+                   unaligned_policy_calls_per_100_steps=round(100 * calls["unaligned"][0] / calls["unaligned"][1], 2))
+    return out
 
 
 def two_vs_one(cfg, policy, variables, args) -> dict:
@@ -149,8 +178,8 @@ def two_vs_one(cfg, policy, variables, args) -> dict:
         source = ray.remote(VariableSource).options(num_cpus=0).remote()
         ray.get(source.publish.remote(variables, 1))
         tasks = ray.remote(TaskSource).options(num_cpus=0, max_concurrency=4).remote(**builder.task_source_args())
-        actors = [builder.remote(ActorWorker, num_cpus=1).remote(**builder.actor_args(i, server.address, source, tasks))
-                  for i in range(2)]
+        actors = [builder.remote(ActorWorker, num_cpus=1).remote(
+            **builder.actor_args(i, server.address, source, tasks), **sampling(args)) for i in range(2)]
         ray.get([a.run.remote(args.steps) for a in actors])  # start-up and compile, both
 
         def phase(active) -> float:
@@ -192,13 +221,18 @@ def main():
     parser.add_argument("--ray-cpus", type=int, default=2)
     parser.add_argument("--worker-xla-flags", default="", help="XLA_FLAGS for the Ray actors' processes")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--sampling-steps", type=int, default=None,
+                        help="DDIM steps for acting (default: the policy's num_inference_steps)")
+    parser.add_argument("--compare-unaligned", action="store_true",
+                        help="also time an actor without aligned chunk boundaries (interleaved)")
     args = parser.parse_args()
 
     policy, variables, source = load(args.init)
     cfg = TrainConfig(run=tempfile.mkdtemp(), distributed=False, envs_per_actor=args.envs, demo_fraction=0.0)
     out = {"bench": "actor_throughput", "policy": source, "preset": policy.config.preset,
            "num_inference_steps": policy.config.num_inference_steps, "n_action_steps": policy.config.n_action_steps,
-           "envs_per_actor": args.envs, "cores": os.cpu_count()}
+           "acting_inference_steps": args.sampling_steps or policy.config.num_inference_steps,
+           "envs_per_actor": args.envs, "cores": os.cpu_count(), "loadavg_start": round(os.getloadavg()[0], 2)}
 
     # Part 1 on one core, as a Ray actor holding one CPU would run; affinity is restored before
     # Ray starts (its workers would inherit it).
@@ -213,7 +247,8 @@ def main():
     print(json.dumps(out), flush=True)
     if not args.skip_ray:
         out.update(two_vs_one(cfg, policy, variables, args))
-    out.update(target_policy_vs_env_ratio=0.7, target_two_vs_one_actor_ratio=1.6)
+    out.update(target_policy_vs_env_ratio=0.7, target_two_vs_one_actor_ratio=1.6,
+               loadavg_end=round(os.getloadavg()[0], 2))
     print(json.dumps(out))
 
 

@@ -13,18 +13,18 @@ import numpy as np
 
 import envs
 from ada_curriculum.agent import remote
-from ada_curriculum.policies.obs import flatten_obs
 from ada_curriculum.policies.runner import PolicyRunner
 
 
 class Actor:
     def __init__(self, actor_id: int, policy, replay, variable_source, task_source, env_name: str = "banana-place",
                  num_envs: int = 2, seed: int = 0, variable_update_period: int = 20, env_kwargs: dict | None = None,
-                 sampling: dict | None = None):
+                 sampling: dict | None = None, align_chunks: bool = True):
         self.actor_id = actor_id
         self.policy, self.replay = policy, replay
         self.variable_source, self.task_source = variable_source, task_source
         self.variable_update_period = variable_update_period
+        self.align_chunks = align_chunks
         self.envs = [envs.make(env_name, tasks="full", seed=seed * 1000 + j, **(env_kwargs or {}))
                      for j in range(num_envs)]
         self.version, variables, published_policy, self.generation = self._wait_for_variables()
@@ -55,8 +55,8 @@ class Actor:
         (task, seed), = remote.call(self.task_source, "sample", 1)
         ts = self.envs[j].reset(task=envs.TaskParams.from_dict(task), seed=seed)
         self._timesteps[j] = ts
-        self._episodes[j] = {"obs": [flatten_obs(ts.observation)], "action": [], "trial": [int(ts.observation["trial_index"])],
-                             "version": self.version}
+        # obs/trial rows are added as each action is taken (row t is what action t saw).
+        self._episodes[j] = {"obs": [], "action": [], "trial": [], "version": self.version}
         self.runner.reset(j)
 
     def _maybe_update_variables(self):
@@ -74,19 +74,36 @@ class Actor:
             self._poll = remote.Poll(self.variable_source, "get_with_policy", self.version)
 
     def run(self, num_steps: int) -> dict:
-        """Step every env `num_steps` times; returns counters and the finished episodes' results."""
+        """`num_steps * num_envs` env steps in all; returns counters and the finished episodes' results.
+
+        With `align_chunks` every env replans at the same step (`PolicyRunner.act_aligned`): an env
+        that starts an episode or trial mid-chunk waits, unstepped, for the others' chunks to run
+        out, so one policy call serves the whole batch. Without it, an env replans whenever its own
+        chunk runs out, and desynchronised envs cost a full-batch call each.
+        """
         results = []
         steps_before = self.env_steps
-        for i in range(num_steps):
+        budget = num_steps * len(self.envs)
+        i = 0
+        while self.env_steps - steps_before < budget:
             if i % self.variable_update_period == 0:
                 self._maybe_update_variables()
-            actions = self.runner.act([ts.observation for ts in self._timesteps])
+            i += 1
+            observations = [ts.observation for ts in self._timesteps]
+            if self.align_chunks:
+                actions, stepped = self.runner.act_aligned(
+                    observations, max_steps=budget - (self.env_steps - steps_before))
+            else:
+                actions, stepped = self.runner.act(observations), [True] * len(self.envs)
             for j, env in enumerate(self.envs):
-                ts = env.step(actions[j])
+                if not stepped[j]:
+                    continue  # held until the common replan
                 ep = self._episodes[j]
+                obs, trial = self.runner.observed(j)  # flattened once, by the runner
+                ep["obs"].append(obs)
+                ep["trial"].append(trial)
                 ep["action"].append(actions[j])
-                ep["obs"].append(flatten_obs(ts.observation))
-                ep["trial"].append(int(ts.observation["trial_index"]))
+                ts = env.step(actions[j])
                 self._timesteps[j] = ts
                 self.env_steps += 1
                 if ts.last():
@@ -104,9 +121,9 @@ class Actor:
         success = bool(ts.info["success"])
         task = env.task
         n = len(ep["action"])
-        remote.call(self.replay, "add_episode", "online", np.stack(ep["obs"][:n]), np.stack(ep["action"]),
+        remote.call(self.replay, "add_episode", "online", np.stack(ep["obs"]), np.stack(ep["action"]),
                     weight=float(success), success=success, version=ep["version"],
-                    task=task.vector().astype(np.float32), trial_index=np.asarray(ep["trial"][:n], np.int32))
+                    task=task.vector().astype(np.float32), trial_index=np.asarray(ep["trial"], np.int32))
         self.episodes += 1
         self.successes += int(success)
         self.unstable += int(ts.info["physics_unstable"])

@@ -169,10 +169,12 @@ class Learner:
 
     def _fill(self, batches):
         # Sampling blocks while the replay rate limiter holds the learner back; a thread keeps
-        # that wait off the update loop and lets the loop notice a stall instead of hanging.
+        # that wait off the update loop and lets the loop notice a stall instead of hanging. The
+        # host-to-device transfer happens here too, so it overlaps the running update instead of
+        # delaying the next one's dispatch.
         try:
             for batch in batches:
-                self._queue.put({k: np.asarray(v) for k, v in batch.items()})
+                self._queue.put(jax.device_put({k: np.asarray(v) for k, v in batch.items()}))
         except BaseException as e:  # noqa: BLE001 - handed to the update loop
             self._queue.put(e)
 

@@ -14,6 +14,13 @@ has been reset, so the rest of a chunk planned for the old one is meaningless th
 later trial), e.g. a diffusion policy sampled more degraded in early trials than in late ones
 (meta-learning data, see `degradation_schedule`). Rows that replan at once but sit in trials
 with different sampling are predicted in one full-size call per distinct setting.
+
+`act` replans each env the moment its queue runs dry, so envs whose episodes (or trials) end at
+different times each cost a full-batch policy call. `act_aligned` shares chunk boundaries
+instead: an env whose queue is empty while another active env still has queued actions is held
+(the caller does not step it) until every active env's queue is empty, and one call then plans
+them all. Holding costs no CPU (a held env is not stepped) and each env still executes whole
+chunks open loop from its own observations, so the policy's behaviour per env is unchanged.
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ class PolicyRunner:
         self._predict = self._predicts[0]  # the first trial's (the only one without trial_sampling)
         self._seq = policy.kind == "transformer"
         self._history = int(policy.config.max_len) if self._seq else int(policy.n_obs_steps)
+        self.policy_calls = 0  # full-batch predictions made (each costs the same, however many rows use it)
         self.reset()
 
     def set_variables(self, variables):
@@ -100,20 +108,40 @@ class PolicyRunner:
             self._trial = [deque(maxlen=h) for _ in range(n)]
             self._queue = [deque() for _ in range(n)]
             self._last_action = [np.zeros(self.policy.action_dim, np.float32) for _ in range(n)]
+            # Held: not stepped since its observation was taken in, so the next one is the same.
+            self._held = [False] * n
             return
         for history in (self._obs[i], self._prev[i], self._trial[i], self._queue[i]):
             history.clear()
         self._last_action[i] = np.zeros(self.policy.action_dim, np.float32)
+        self._held[i] = False
 
     def sampling_for_trial(self, trial: int) -> dict:
         """The sampling arguments used in trial `trial` (0-based)."""
         return self.trial_sampling[self._setting[min(int(trial), len(self._setting) - 1)]]
 
     def act(self, observations: list[dict], active: list[bool] | None = None) -> np.ndarray:
-        """Actions (num_envs, action_dim) for one step of every env (inactive envs get zeros)."""
-        active = [True] * self.num_envs if active is None else active
+        """Actions (num_envs, action_dim) for one step of every env (inactive envs get zeros);
+        an env is replanned as soon as its queue runs dry."""
+        return self._act(observations, active, align=False, max_steps=None)[0]
+
+    def act_aligned(self, observations: list[dict], active: list[bool] | None = None,
+                    max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(actions (num_envs, action_dim), stepped (num_envs,) bool) with chunk boundaries shared
+        by every active env: the caller steps exactly the `stepped` envs. A held env (active, not
+        stepped) must be passed the same observation next call. At most `max_steps` envs are
+        stepped (the rest are held, keeping their queued action), e.g. to end on a step budget."""
+        return self._act(observations, active, align=True, max_steps=max_steps)
+
+    def observed(self, j: int) -> tuple[np.ndarray, int]:
+        """Env `j`'s latest observation as the policy sees it (flattened) and its trial index."""
+        return self._obs[j][-1], self._trial[j][-1]
+
+    def _act(self, observations, active, align: bool, max_steps: int | None):
+        n = self.num_envs
+        active = [True] * n if active is None else list(active)
         for j, obs in enumerate(observations):
-            if not active[j]:
+            if not active[j] or self._held[j]:
                 continue
             trial = int(np.asarray(obs.get("trial_index", 0)))
             if self._trial[j] and self._trial[j][-1] != trial:
@@ -121,7 +149,10 @@ class PolicyRunner:
             self._obs[j].append(flatten_obs(obs))
             self._prev[j].append(self._last_action[j])
             self._trial[j].append(trial)
-        need = [j for j in range(self.num_envs) if active[j] and not self._queue[j]]
+        need = [j for j in range(n) if active[j] and not self._queue[j]]
+        hold = set()
+        if align and len(need) < sum(active):
+            hold, need = set(need), []  # others still have queued actions: wait for them
         if need:
             groups: dict[int, list[int]] = {}
             for j in need:
@@ -130,14 +161,20 @@ class PolicyRunner:
             for setting, rows in sorted(groups.items()):
                 self._rng, key = jax.random.split(self._rng)
                 chunk = np.asarray(self._predicts[setting](self.variables, batch, key))
+                self.policy_calls += 1
                 for j in rows:
                     self._queue[j].extend(chunk[j])
-        actions = np.zeros((self.num_envs, self.policy.action_dim), np.float32)
-        for j in range(self.num_envs):
-            if active[j]:
+        stepped = np.array([active[j] and j not in hold for j in range(n)], bool)
+        if max_steps is not None:
+            stepped[np.flatnonzero(stepped)[max(int(max_steps), 0):]] = False
+        actions = np.zeros((n, self.policy.action_dim), np.float32)
+        for j in range(n):
+            if stepped[j]:
                 actions[j] = self._queue[j].popleft()
                 self._last_action[j] = actions[j]
-        return actions
+            if active[j]:
+                self._held[j] = not stepped[j]
+        return actions, stepped
 
     def _batch(self) -> dict:
         n, d, a = self.num_envs, self.policy.obs_dim, self.policy.action_dim
