@@ -343,10 +343,13 @@ def dashboard(cfg: DashboardConfig) -> None:
 
 
 def _shorthands(argv: list[str]) -> list[str]:
-    """`train --curriculum widening` for `--curriculum.strategy widening`."""
+    """`train --curriculum widening` for `--curriculum.strategy widening`; `--distill` for
+    `--distill.enabled`."""
     out = []
     for arg in argv:
-        if arg == "--curriculum":
+        if arg in ("--distill", "--no-distill"):
+            arg = arg.replace("distill", "distill.enabled")
+        elif arg == "--curriculum":
             arg = "--curriculum.strategy"
         elif arg.startswith("--curriculum="):
             arg = "--curriculum.strategy=" + arg.split("=", 1)[1]

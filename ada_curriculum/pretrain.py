@@ -104,10 +104,27 @@ def load_policy(run_dir: str | Path, use_ema: bool = True, step: int | None = No
         policy, optimizer, _ = build(cfg)
     ckpt = Checkpointer(run_dir / "checkpoints")
     try:
+        generation = _distill_generation(ckpt, step)
+        if generation:  # a distilled train run: its checkpoints hold that generation's (larger) model
+            from ada_curriculum.distill.generations import policy_at
+
+            policy = policy_at(cfg.distill, cfg.policy, cfg.diffusion, generation)
         state, _, step = ckpt.restore(state_template(policy, optimizer), step)
     finally:
         ckpt.close()
     return policy, (state.ema_variables if use_ema else state.variables), cfg, step
+
+
+def _distill_generation(ckpt: Checkpointer, step: int | None) -> int:
+    """The distillation generation a train run's checkpoint at `step` (default: the newest one
+    whose meta reads, as `restore` falls back) holds; 0 without distillation."""
+    for s in ([step] if step is not None else list(reversed(ckpt.steps()))):
+        try:
+            meta = ckpt.read_meta(s)
+        except Exception:  # noqa: BLE001 - `restore` reports an unreadable step
+            continue
+        return int((meta.get("distill_generation") or {}).get("index", 0))
+    return 0
 
 
 def _data_info(policy, episodes) -> dict:

@@ -149,7 +149,7 @@ def test_incompatible_distill_config_is_refused(switched, demos, tmp_path, capsy
     # The command line: one line naming the field, exit 2.
     capsys.readouterr()
     argv = ["train", "--run", str(run), "--demos", demos, "--time-limit", "15", "--diffusion.down-dims", "16,32",
-            "--diffusion.num-inference-steps", "2", "--eval-every", "8", "--no-dashboard", "--distill.enabled", "--distill.generations", "small,large",
+            "--diffusion.num-inference-steps", "2", "--eval-every", "8", "--no-dashboard", "--distill", "--distill.generations", "small,large",
             "--distill.down-dims", "16x32,32x64", "--distill.switch-every-updates", "8"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -212,3 +212,15 @@ def test_distillation_on_ray_through_the_same_builder(demos, tmp_path):
     # The evaluation started at the switch is waited for at the end: its handover is in the last checkpoint.
     meta = meta_of(run)
     assert meta["distill"]["acting"] == "student" and meta["distill_generation"]["down_dims"] == [32, 64]
+
+
+def test_eval_loads_the_generation_a_distilled_run_checkpointed(switched, tmp_path):
+    from ada_curriculum.cli import EvalConfig, evaluate_run
+    from ada_curriculum.pretrain import load_policy
+
+    run = switched["run"]
+    policy, variables, _, step = load_policy(run)
+    assert step == 16 and tuple(policy.config.model_kwargs()["down_dims"]) == (32, 64)  # the student
+    summary = evaluate_run(EvalConfig(checkpoint=str(run), episodes=1, num_envs=1, time_limit=5,
+                                      out=str(tmp_path / "eval")))
+    assert summary["step"] == 16 and summary["episodes"] == 1
