@@ -13,7 +13,7 @@ from ada_curriculum.config import ConfigError, from_dict
 from ada_curriculum.policies import normalizer
 from ada_curriculum.policies.diffusion import PRESETS, DiffusionConfig, DiffusionPolicy
 from ada_curriculum.policies.noise_schedule import add_noise, ddim_sample, ddim_timesteps, make_schedule
-from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM
+from ada_curriculum.policies.obs import ACTION_DIM, GRIPPER, OBS_DIM, binarize_gripper
 
 # A 2-level U-Net (16 -> 8) keeps compile and training time low; stochastic sampling (eta = 1)
 # is much more accurate than deterministic DDIM for a briefly trained model.
@@ -246,7 +246,12 @@ def test_predict_action_is_the_executed_slice_and_seeded(trained):
     assert float(jnp.abs(a1 - a3).max()) > 1e-6
     horizon = trained["sample"](TINY.num_inference_steps, obs, jax.random.PRNGKey(3))
     start = TINY.n_obs_steps - 1
-    np.testing.assert_allclose(a1, horizon[:, start:start + TINY.n_action_steps], atol=1e-6)
+    executed = horizon[:, start:start + TINY.n_action_steps]
+    # Arm deltas as sampled; the gripper command snapped to open/closed by its sign.
+    np.testing.assert_allclose(a1[..., :GRIPPER], executed[..., :GRIPPER], atol=1e-6)
+    np.testing.assert_array_equal(a1[..., GRIPPER], np.where(executed[..., GRIPPER] > 0, 1.0, -1.0))
+    raw = DiffusionPolicy(dataclasses.replace(policy.config, binary_gripper=False))
+    np.testing.assert_allclose(raw.predict_action(variables, {"obs": obs}, jax.random.PRNGKey(3)), executed, atol=1e-6)
 
 
 def test_degradation_params_are_monotone():
@@ -317,3 +322,11 @@ def test_normaliser_covers_the_task_space_not_only_the_demos():
     # Entries without known bounds keep the demos' range.
     np.testing.assert_allclose(wide["obs"]["low"][:6], narrow["obs"]["low"][:6])
     np.testing.assert_allclose(wide["action"]["low"], narrow["action"]["low"])
+
+
+def test_binarize_gripper_snaps_only_the_gripper_command():
+    a = np.array([[0.3, -0.2, 0.1, 0.05, 0.9], [0.0, 0.0, 0.0, 0.0, -0.2], [0.1, 0.1, 0.1, 0.1, 0.0]], np.float32)
+    for out in (binarize_gripper(a), np.asarray(binarize_gripper(jnp.asarray(a)))):
+        np.testing.assert_array_equal(out[:, :GRIPPER], a[:, :GRIPPER])
+        np.testing.assert_array_equal(out[:, GRIPPER], [1.0, -1.0, -1.0])  # 0 is not a close command
+    assert a[0, GRIPPER] == np.float32(0.9)  # the input is left as it was

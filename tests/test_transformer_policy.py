@@ -12,7 +12,7 @@ import pytest
 
 from ada_curriculum.config import ConfigError
 from ada_curriculum.policies import normalizer
-from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM
+from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, binarize_gripper
 from ada_curriculum.policies.transformer import PRESETS, TransformerConfig, TransformerPolicy
 
 K = 4  # chunk length (small keeps the tests fast)
@@ -290,7 +290,7 @@ def test_predict_action_reads_last_valid_step_and_unnormalises(small):
         outs = np.asarray(small.outputs(variables, obs_only))
         last = np.asarray(lengths) - 1
         expected = normalizer.unnormalize(stats["action"], np.clip(outs[np.arange(B), last], -1, 1))
-        np.testing.assert_allclose(act, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(act, binarize_gripper(expected), rtol=1e-5, atol=1e-5)  # gripper: open/closed
         # ... and not the chunk at the last (padded) position.
         assert np.abs(act[0] - normalizer.unnormalize(stats["action"], np.clip(outs[0, -1], -1, 1))).max() > 1e-4
 

@@ -24,7 +24,7 @@ from ada_curriculum.policies import normalizer as norm
 from ada_curriculum.policies.base import Batch, Policy, Variables
 from ada_curriculum.policies.diffusion_models import ConditionalUnet1D
 from ada_curriculum.policies.noise_schedule import add_noise, ddim_sample, make_schedule
-from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM
+from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, binarize_gripper
 
 # Every preset has three levels (two halvings: 16 -> 8 -> 4), so any horizon divisible by 4
 # works with all of them.
@@ -52,6 +52,8 @@ class DiffusionConfig:
     n_action_steps: int = dataclasses.field(default=8, metadata={"help": "action steps executed per prediction"})
     num_train_timesteps: int = 100
     num_inference_steps: int = dataclasses.field(default=10, metadata={"help": "DDIM steps at full quality"})
+    binary_gripper: bool = dataclasses.field(default=True, metadata={
+        "help": "snap the predicted gripper command to open/closed (see policies.obs.binarize_gripper)"})
     eta: float = dataclasses.field(default=0.0, metadata={
         "help": "DDIM stochasticity: 0 deterministic, 1 DDPM-like (more forgiving of an imperfect model)"})
     degraded_min_steps: int = dataclasses.field(
@@ -253,7 +255,8 @@ class DiffusionPolicy(Policy):
         """Raw actions to execute (B, n_action_steps, A), the first one at obs[:, -1]."""
         actions = self.sample_horizon(variables, batch, rng, num_inference_steps, temperature, eta)
         start = self.n_obs_steps - 1
-        return actions[:, start:start + self.n_action_steps]
+        chunk = actions[:, start:start + self.n_action_steps]
+        return binarize_gripper(chunk) if self.config.binary_gripper else chunk
 
     def degradation_params(self, level: float) -> tuple[int, float]:
         """(DDIM steps, temperature) for a degradation level in [0, 1].

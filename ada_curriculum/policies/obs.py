@@ -12,6 +12,27 @@ OBS_SIZES = {"joint_pos": 6, "joint_vel": 6, "gripper": 1, "ee_pos": 3, "ee_yaw"
              "banana_pos": 3, "banana_quat": 4, "target_pos": 3}
 OBS_DIM = sum(OBS_SIZES[k] for k in OBS_KEYS)
 ACTION_DIM = 5
+GRIPPER = 4  # the gripper command's index in the action vector (-1 open, +1 closed)
+
+
+def binarize_gripper(actions):
+    """Actions (..., ACTION_DIM) with the gripper command snapped to -1 or +1 (jax or numpy).
+
+    The env's gripper is a position target: a command of 0.9 closes the jaws short of the full
+    squeeze and holds the banana with less force. Demos command exactly -1 or +1, but a learned
+    policy regresses to values just inside them, and those weaker grasps slip; policies trained
+    on their own rollouts (RL, self-imitation) then shrink the command further. Snapping keeps
+    the command the demonstrator's binary one.
+    """
+    import jax.numpy as jnp
+
+    xp = jnp if not isinstance(actions, np.ndarray) else np
+    snapped = xp.where(actions[..., GRIPPER] > 0, 1.0, -1.0).astype(actions.dtype)
+    if xp is np:
+        out = actions.copy()
+        out[..., GRIPPER] = snapped
+        return out
+    return actions.at[..., GRIPPER].set(snapped)
 
 
 def flatten_obs(obs: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ada_curriculum.config import ConfigError
 from ada_curriculum.policies import normalizer as norm_lib
 from ada_curriculum.policies.base import Batch, Policy, Variables
-from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM
+from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, binarize_gripper
 from ada_curriculum.policies.transformer_models import CausalTransformer
 
 
@@ -54,6 +54,8 @@ class TransformerConfig:
     max_trials: int = dataclasses.field(
         default=8, metadata={"help": "trial embeddings; larger trial indices share the last one"})
     dropout: float = dataclasses.field(default=0.0, metadata={"help": "dropout rate in [0, 1)"})
+    binary_gripper: bool = dataclasses.field(default=True, metadata={
+        "help": "snap the predicted gripper command to open/closed (see policies.obs.binarize_gripper)"})
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -166,5 +168,5 @@ class TransformerPolicy(Policy):
         last = jnp.maximum(jnp.sum(batch["mask"].astype(jnp.int32), axis=1) - 1, 0)
         chunk = jnp.take_along_axis(chunks, last[:, None, None, None], axis=1)[:, 0]
         chunk = chunk + temperature * jax.random.normal(rng, chunk.shape, chunk.dtype)
-        chunk = jnp.clip(chunk, -1.0, 1.0)
-        return norm_lib.unnormalize(variables["normalizer"]["action"], chunk)
+        chunk = norm_lib.unnormalize(variables["normalizer"]["action"], jnp.clip(chunk, -1.0, 1.0))
+        return binarize_gripper(chunk) if self.config.binary_gripper else chunk
