@@ -8,18 +8,20 @@ jitted train step on batches already in memory; and Reverb's own insert and samp
    sampler, batch `--batch-size`, `--demo-fraction` demo windows), with no training.
 3. `reverb_vs_memory_ratio`: `Learner.step` (its batch thread, the objective, publishing
    weights every `--publish-every` updates) against a bare loop of the same jitted step over
-   eight device-resident batches that came from the same Reverb tables. Interleaved, best of two.
+   eight device-resident batches that came from the same Reverb tables. Interleaved, best of
+   `--rounds` (two) each side; `pairwise_median_ratio` is the median of the rounds' ratios.
 
 The online table's rate limiter is opened up (no actors insert while the learner samples).
 The policy is a small diffusion policy as in `train`. Last line: JSON.
 
-    .venv/bin/python bench/learner_feed.py [--demos runs/demos-nominal-50] [--batch-size 256]
+    .venv/bin/python bench/learner_feed.py [--demos runs/demos-nominal-50] [--batch-size 256] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 
@@ -68,6 +70,7 @@ def main():
     parser.add_argument("--sample-batches", type=int, default=100)
     parser.add_argument("--updates", type=int, default=100)
     parser.add_argument("--publish-every", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved memory/reverb rounds")
     args = parser.parse_args()
 
     store = demo_store(args.demos)
@@ -79,7 +82,7 @@ def main():
     server = builder.make_replay_server(None)  # in-process args: the limiter never blocks
     client = builder.make_replay_client(server.address)
     out = {"bench": "learner_feed", "batch_size": args.batch_size, "demo_fraction": args.demo_fraction,
-           "devices": str(jax.devices())}
+           "devices": str(jax.devices()), "loadavg_start": round(os.getloadavg()[0], 2)}
     try:
         windows, seconds = fill(client, store, args.online_copies)
         out.update(windows_inserted=windows, inserts_per_s=round(windows / seconds, 1))
@@ -129,17 +132,22 @@ def main():
                 learner.close()
 
         rates = {"memory": [], "reverb": []}
-        for _ in range(2):  # interleaved, best of two: this VM's speed drifts
+        for _ in range(args.rounds):  # interleaved, best of --rounds: this VM's speed drifts
             rates["memory"].append(memory_rate())
             rates["reverb"].append(reverb_rate())
             print({k: [round(r, 2) for r in v] for k, v in rates.items()}, flush=True)
         mem, rev = max(rates["memory"]), max(rates["reverb"])
         out.update(policy="diffusion/" + cfg.diffusion.preset, params=policy.param_count(variables),
                    reverb_updates_per_s=round(rev, 2), memory_updates_per_s=round(mem, 2),
-                   reverb_vs_memory_ratio=round(rev / mem, 3), target_reverb_vs_memory_ratio=0.9)
+                   reverb_vs_memory_ratio=round(rev / mem, 3),
+                   # Each round's pair ran back to back: the median of their ratios is the figure
+                   # least moved by other load on a shared machine.
+                   pairwise_median_ratio=round(float(np.median(np.divide(rates["reverb"], rates["memory"]))), 3),
+                   rounds=args.rounds, target_reverb_vs_memory_ratio=0.9)
     finally:
         client.close()
         server.stop()
+    out["loadavg_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
 
 
