@@ -139,7 +139,12 @@ class Builder:
         """`generation` (a `distill.Generation`): the student to train (its policy replaces the
         run's), its teacher's variables while the teacher is used, and the run's update count."""
         c = self.cfg
-        return dict(policy=self.policy if generation is None else generation.policy, optim_cfg=c.optim,
+        optim = c.optim
+        if not c.init and not optim.ema_warmup:
+            # `ema_warmup` off is for fine-tuning pretrained weights; a model trained from scratch
+            # (no --init) warms its EMA up, or acting would average in the random init for long.
+            optim = dataclasses.replace(optim, ema_warmup=True)
+        return dict(policy=self.policy if generation is None else generation.policy, optim_cfg=optim,
                     objective=self.objective(), state=state, replay_address=replay_address, window=self.window,
                     batch_size=c.batch_size, demo_fraction=c.demo_fraction, variable_source=variable_source,
                     checkpoint_dir=checkpoint_dir, publish_every=c.publish_every, stall_timeout=c.stall_timeout,
