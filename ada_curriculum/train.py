@@ -61,6 +61,9 @@ class TrainConfig:
     ray_address: Optional[str] = dataclasses.field(default=None, metadata={"help": "existing cluster ('auto'); none: local"})
     num_actors: int = dataclasses.field(default=2, metadata={"min": 1})
     envs_per_actor: int = dataclasses.field(default=2, metadata={"min": 1})
+    acting_inference_steps: Optional[int] = dataclasses.field(default=None, metadata={
+        "min": 1, "help": "DDIM steps the actors sample with (none: the policy's num_inference_steps); fewer "
+                          "act faster and worse"})
     actor_steps_per_call: int = dataclasses.field(default=20, metadata={"min": 1})
     variable_update_period: int = dataclasses.field(default=10, metadata={"min": 1, "help": "actor steps between weight polls"})
     actor_resources: str = dataclasses.field(default="", metadata={"help": "e.g. actor:1"})
@@ -120,6 +123,9 @@ class TrainConfig:
             raise ValueError("max_updates: set at least one budget (max_updates, max_env_steps, max_minutes)")
         if self.demo_fraction > 0 and not self.demos:
             raise ValueError("demos: demo_fraction > 0 needs --demos (an episode store)")
+        if self.acting_inference_steps is not None and self.acting_inference_steps > self.diffusion.num_train_timesteps:
+            raise ConfigError("acting_inference_steps", f"must be <= diffusion.num_train_timesteps "
+                                                        f"(= {self.diffusion.num_train_timesteps})")
         if self.dashboard and not self.dashboard_host.strip():
             raise ConfigError("dashboard_host", "expected a host name or address (or --no-dashboard)")
         try:

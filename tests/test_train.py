@@ -106,3 +106,18 @@ def test_curriculum_widens_in_a_real_run_and_its_state_resumes(demos, tmp_path):
     # Another strategy on the same run directory is refused with a one-line error.
     with pytest.raises(Exception, match="curriculum.strategy"):
         train(tiny(run, demos, distributed=False, tasks="full", curriculum={"strategy": "plr"}, max_updates=20))
+
+
+def test_acting_inference_steps_reach_the_actors_sampling(tmp_path):
+    from ada_curriculum.agent.builder import Builder
+    from ada_curriculum.config import ConfigError
+    from ada_curriculum.policies import make_policy
+
+    cfg = config_lib.from_dict(TrainConfig, {"run": str(tmp_path), "demo_fraction": 0.0, "acting_inference_steps": 4})
+    builder = Builder(cfg, make_policy("diffusion", cfg.diffusion))
+    assert builder.actor_args(0, None, None, None)["sampling"] == {"num_inference_steps": 4}
+    default = config_lib.from_dict(TrainConfig, {"run": str(tmp_path), "demo_fraction": 0.0})
+    assert Builder(default, builder.policy).actor_args(0, None, None, None)["sampling"] is None  # the policy's own
+    with pytest.raises(ConfigError, match="^acting_inference_steps: must be <= diffusion.num_train_timesteps"):
+        config_lib.from_dict(TrainConfig, {"run": str(tmp_path), "demo_fraction": 0.0,
+                                           "acting_inference_steps": 101}).validate()

@@ -129,7 +129,9 @@ class Builder:
                     n_obs_steps=self.policy.n_obs_steps, variable_source=variable_source, task_source=task_source,
                     env_name=c.env, num_envs=c.envs_per_actor, seed=c.seed * 100 + i,
                     variable_update_period=c.variable_update_period,
-                    env_kwargs={} if c.time_limit is None else {"time_limit": c.time_limit})
+                    env_kwargs={} if c.time_limit is None else {"time_limit": c.time_limit},
+                    sampling=None if c.acting_inference_steps is None
+                    else {"num_inference_steps": c.acting_inference_steps})
 
     def make_actor(self, i: int, replay_address, variable_source, task_source) -> ActorWorker:
         return ActorWorker(**self.actor_args(i, replay_address, variable_source, task_source))
