@@ -104,11 +104,6 @@ class EnvOnly:
         return num_steps * len(self.envs)
 
 
-def sampling(args) -> dict:
-    """The actors' sampling arguments: the policy's defaults unless --sampling-steps is given."""
-    return {} if args.sampling_steps is None else {"sampling": {"num_inference_steps": args.sampling_steps}}
-
-
 def policy_vs_env(cfg, policy, variables, args) -> dict:
     builder = Builder(cfg, policy)
     server = builder.make_replay_server(None)
@@ -116,7 +111,7 @@ def policy_vs_env(cfg, policy, variables, args) -> dict:
     source.publish(variables, 1)
     kinds = {"aligned": True, **({"unaligned": False} if args.compare_unaligned else {})}
     actors = {name: ActorWorker(**builder.actor_args(0, server.address, source, builder.make_task_source()),
-                                align_chunks=align, **sampling(args))
+                                align_chunks=align)
               for name, align in kinds.items()}
     actor = actors["aligned"]
     env_only = EnvOnly(cfg, record_demos(cfg, args.envs, args.steps * (args.repeats + 1)))
@@ -179,7 +174,7 @@ def two_vs_one(cfg, policy, variables, args) -> dict:
         ray.get(source.publish.remote(variables, 1))
         tasks = ray.remote(TaskSource).options(num_cpus=0, max_concurrency=4).remote(**builder.task_source_args())
         actors = [builder.remote(ActorWorker, num_cpus=1).remote(
-            **builder.actor_args(i, server.address, source, tasks), **sampling(args)) for i in range(2)]
+            **builder.actor_args(i, server.address, source, tasks)) for i in range(2)]
         ray.get([a.run.remote(args.steps) for a in actors])  # start-up and compile, both
 
         def phase(active) -> float:
@@ -228,7 +223,9 @@ def main():
     args = parser.parse_args()
 
     policy, variables, source = load(args.init)
-    cfg = TrainConfig(run=tempfile.mkdtemp(), distributed=False, envs_per_actor=args.envs, demo_fraction=0.0)
+    # The actors' DDIM steps come from train's --acting-inference-steps, as in a run.
+    cfg = TrainConfig(run=tempfile.mkdtemp(), distributed=False, envs_per_actor=args.envs, demo_fraction=0.0,
+                      acting_inference_steps=args.sampling_steps)
     out = {"bench": "actor_throughput", "policy": source, "preset": policy.config.preset,
            "num_inference_steps": policy.config.num_inference_steps, "n_action_steps": policy.config.n_action_steps,
            "acting_inference_steps": args.sampling_steps or policy.config.num_inference_steps,
