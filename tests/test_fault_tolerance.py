@@ -19,35 +19,18 @@ from ada_curriculum.agent.task_source import TaskSource
 from ada_curriculum.checkpointing import Checkpointer
 from ada_curriculum.cli import main
 from ada_curriculum.train import TrainConfig, train
+from conftest import jax_compile_cache
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "ada_curriculum.cli", "train"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compile_cache(request, tmp_path_factory):
+def compile_cache(compile_cache_dir):
     """A persistent XLA cache for this module's runs (in process, CLI subprocesses, Ray workers):
-    every run jits the same tiny policy, and compiling it again is most of a short run's time.
-    It lives in pytest's cache dir (kept across sessions; `make clean` removes it)."""
-    import jax
-
-    cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`
-    path = str(cache.mkdir("jax-compile-cache") if cache else tmp_path_factory.mktemp("jax-cache"))
-    env = {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    saved_env = {k: os.environ.get(k) for k in env}
-    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
-                                                 "jax_persistent_cache_min_compile_time_secs")}
-    os.environ.update(env)  # inherited by subprocesses and by Ray's workers
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield path
-    for k, v in saved.items():
-        jax.config.update(k, v)
-    for k, v in saved_env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    every run jits the same tiny policy, and compiling it again is most of a short run's time."""
+    with jax_compile_cache(compile_cache_dir) as path:
+        yield path
 
 
 def settings(run, demos, **kw) -> dict:
