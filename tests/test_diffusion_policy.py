@@ -291,12 +291,13 @@ def test_degradation_increases_deviation(trained):
     # Deterministic DDIM: temperature still degrades (through the initial noise only).
     assert deviation(10, 2.5, eta=0.0) > deviation(10, 1.0, eta=0.0)
 
-    # predict_degraded is the executed slice of the same sampler.
+    # predict_degraded is the executed slice of the same sampler (gripper snapped, as acting does).
     degraded = jax.jit(lambda v, b, r: policy.predict_degraded(v, b, r, 1.0))(variables, {"obs": obs}, rngs[2])
     steps, temperature = policy.degradation_params(1.0)
     start = TINY.n_obs_steps - 1
     np.testing.assert_allclose(
-        degraded, trained["sample"](steps, obs, rngs[2], temperature)[:, start:start + TINY.n_action_steps],
+        degraded,
+        binarize_gripper(np.asarray(trained["sample"](steps, obs, rngs[2], temperature)))[:, start:start + TINY.n_action_steps],
         atol=1e-5)
 
 
