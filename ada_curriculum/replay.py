@@ -44,6 +44,10 @@ def _feed_options() -> tf.data.Options:
     return options
 
 
+# Windows created between partial flushes of an episode's writes (see `add_episode`).
+_FLUSH_EVERY = 32
+
+
 class ReplayFullError(RuntimeError):
     """Adding to the demo table would evict demos."""
 
@@ -276,6 +280,10 @@ class ReplayClient:
                     item = [steps[k][-W:] if k in ("obs", "action") else [steps[k][pad - W]] if k in per_step
                             else [const_refs[k]] for k in columns]
                     writer.CreateItem(table, 1.0, item, squeeze)
+                    if (i - W + 2) % _FLUSH_EVERY == 0:
+                        # Keep the items in flight bounded (Reverb warns, and buffers, past ~50),
+                        # rather than sending a whole episode's windows before one final flush.
+                        writer.Flush(_FLUSH_EVERY // 2, -1)
             writer.EndEpisode(True, None)  # flushes: returns once the server holds every item
         except BaseException:
             self._close_writer()  # its buffers are mid-episode; start the next episode afresh
