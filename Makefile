@@ -25,6 +25,9 @@ TRAIN_ARGS ?= --tasks near --time-limit 80 --demo-fraction 0.25 --envs-per-actor
 	--eval-every 400 --eval-episodes 60
 
 PYTEST_ARGS ?=
+# `make bench`: the throughput benchmarks; curriculum_run is an hour-long training experiment,
+# run on its own (`make bench BENCH=bench/curriculum_run.py`).
+BENCH ?= $(filter-out bench/curriculum_run.py,$(wildcard bench/*.py))
 
 .PHONY: run test bench sysdeps venv clean
 
@@ -41,7 +44,7 @@ test: sysdeps $(STAMP)
 	exit $$rc
 
 bench: sysdeps $(STAMP)
-	@set -e; for f in bench/*.py; do \
+	@set -e; for f in $(BENCH); do \
 	  [ -e "$$f" ] || continue; \
 	  echo "== $$f"; $(GL_ENV) $(PY) "$$f"; \
 	done
