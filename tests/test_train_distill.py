@@ -224,3 +224,20 @@ def test_eval_loads_the_generation_a_distilled_run_checkpointed(switched, tmp_pa
     summary = evaluate_run(EvalConfig(checkpoint=str(run), episodes=1, num_envs=1, time_limit=5,
                                       out=str(tmp_path / "eval")))
     assert summary["step"] == 16 and summary["episodes"] == 1
+
+
+def test_curriculum_coverage_triggers_the_switch_in_a_run(demos, tmp_path):
+    # Widening as a schedule (threshold 0) over banana x/y: coverage grows within a few episodes,
+    # and the switch follows the first learner result whose coverage reaches the trigger.
+    run = tmp_path / "run"
+    curriculum = {"strategy": "widening", "widening": {"dims": ["banana_x", "banana_y"], "window": 2,
+                                                       "threshold": 0.0, "boundary_prob": 1.0}}
+    summary = train(distilled(run, demos, tasks="full", curriculum=curriculum, max_updates=12,
+                              distill={"switch_every_updates": None, "switch_on_coverage": 0.01}))
+    switch = summary["distillation"]["history"][0]
+    assert switch["event"] == "switch" and switch["trigger"] == "coverage"
+    rows = {r["updates"]: r for r in learner_rows(run)}
+    before = [u for u in rows if u < switch["updates"]]
+    # The learner rows before the switch had coverage below the trigger, and no kickstarting.
+    assert all(rows[u]["curriculum/coverage"] < 0.01 and not rows[u].get("distill/active") for u in before)
+    assert summary["curriculum"]["curriculum/coverage"] >= 0.01 and summary["distillation"]["distill/generation"] == 1
