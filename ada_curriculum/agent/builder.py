@@ -141,11 +141,9 @@ class Builder:
         """`generation` (a `distill.Generation`): the student to train (its policy replaces the
         run's), its teacher's variables while the teacher is used, and the run's update count."""
         c = self.cfg
-        optim = c.optim
-        if not c.init and not optim.ema_warmup:
-            # `ema_warmup` off is for fine-tuning pretrained weights; a model trained from scratch
-            # (no --init) warms its EMA up, or acting would average in the random init for long.
-            optim = dataclasses.replace(optim, ema_warmup=True)
+        # Without --init the model trains from scratch: its EMA warms up, or acting would average
+        # in the random init for long.
+        optim = c.optim if c.init else c.optim.from_scratch()
         return dict(policy=self.policy if generation is None else generation.policy, optim_cfg=optim,
                     objective=self.objective(), state=state, replay_address=replay_address, window=self.window,
                     batch_size=c.batch_size, demo_fraction=c.demo_fraction, variable_source=variable_source,

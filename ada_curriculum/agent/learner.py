@@ -68,11 +68,8 @@ class Learner:
 
             objective = Kickstarting(objective, g.teacher_policy, g.cfg.target, g.cfg.denoise_steps)
         optim_cfg = self._optim_cfg
-        if g is not None and g.index > 0 and not getattr(optim_cfg, "ema_warmup", True):
-            import dataclasses
-
-            # A student trains from scratch: its EMA warms up whatever the fine-tuning setting.
-            optim_cfg = dataclasses.replace(optim_cfg, ema_warmup=True)
+        if g is not None and g.index > 0:
+            optim_cfg = optim_cfg.from_scratch()  # a student starts untrained
         # The objective wraps the policy's own loss with the RL weighting of each window.
         loss = functools.partial(objective, self.policy)
         self._step = jax.jit(make_train_step(loss, self._optimizer, optim_cfg), donate_argnums=0)

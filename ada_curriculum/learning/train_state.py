@@ -31,6 +31,11 @@ class OptimConfig:
     # of updates. Off, the EMA averages at `ema_decay` from the first update.
     ema_warmup: bool = True
 
+    def from_scratch(self) -> "OptimConfig":
+        """This config for weights that start untrained: the EMA warms up whatever `ema_warmup`
+        says (off is for fine-tuning pretrained weights)."""
+        return dataclasses.replace(self, ema_warmup=True)
+
     def validate(self):
         for name in ("learning_rate", "clip_factor", "max_grad_norm"):
             if not getattr(self, name) > 0:
