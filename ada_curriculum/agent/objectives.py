@@ -23,6 +23,8 @@ class SuccessWeightedBC:
     online_weight: float = 1.0
 
     def __call__(self, policy, variables, batch, rng):
+        if policy.kind == "transformer":
+            return self._sequences(policy, variables, batch, rng)
         is_demo = batch["is_demo"].astype(jnp.float32)
         weight = is_demo * self.demo_weight + (1 - is_demo) * self.online_weight * batch["success"]
         loss, metrics = policy.loss(variables, {**policy_inputs(policy, batch), "weight": weight}, rng)
@@ -30,7 +32,30 @@ class SuccessWeightedBC:
         return loss, {**metrics, "online_success_fraction": ((1 - is_demo) * batch["success"]).sum() / online,
                       "demo_fraction": is_demo.mean()}
 
+    def _sequences(self, policy, variables, batch, rng):
+        """Sequence windows of multi-trial episodes: success-weighted BC over trials. Each chunk
+        entry's weight is its window's `demo_weight` / `online_weight` times the entry's
+        `action_weight`, which replay holds as the success of the trial the action belongs to
+        (demo windows: the same, so a demo store's failed trials are context only), so failed
+        trials stay in the context and only actions of successful trials are imitated."""
+        is_demo = batch["is_demo"].astype(jnp.float32)
+        weight = is_demo * self.demo_weight + (1 - is_demo) * self.online_weight
+        loss, metrics = policy.loss(variables, {**policy_inputs(policy, batch), "weight": weight}, rng)
+        online = jnp.maximum((1 - is_demo).sum(), 1.0)
+        entries = (batch["mask"][:, :, None] & batch["action_mask"]).astype(jnp.float32)  # (B, T, k)
+        online_entries = entries * (1 - is_demo)[:, None, None]
+        return loss, {**metrics, "online_success_fraction": ((1 - is_demo) * batch["success"]).sum() / online,
+                      "online_weighted_entry_fraction": (online_entries * batch["action_weight"]).sum()
+                      / jnp.maximum(online_entries.sum(), 1.0),
+                      "demo_fraction": is_demo.mean()}
+
+
+SEQUENCE_KEYS = ("obs", "prev_action", "trial_index", "mask", "action", "action_mask", "action_weight")
+
 
 def policy_inputs(policy, batch) -> dict:
-    """Cut a replay window batch down to the policy's diffusion-style batch."""
+    """Cut a replay window batch down to the policy's batch: diffusion-style windows, or the
+    sequence keys of `policies/base.py` for a transformer (replay's sequence layout holds them)."""
+    if policy.kind == "transformer":
+        return {k: batch[k] for k in SEQUENCE_KEYS}
     return {"obs": batch["obs"][:, : policy.n_obs_steps], "action": batch["action"][:, : policy.config.horizon]}
