@@ -13,6 +13,15 @@ overlapping windows share storage. Windows are padded as in Diffusion Policy (an
 and the last step is repeated after it, so real step t yields the window starting at
 t - (n_obs_steps - 1); the learner uses `obs[:, :n_obs_steps]` and `action[:, :horizon]`.
 
+With `layout="sequence"` (the transformer's), an item is instead a left-aligned window of
+`window` steps of one multi-trial episode in the sequence batch format of `policies/base.py`
+(`obs`, `prev_action`, `trial_index`, `mask`, the action chunk `action (window, chunk, A)`,
+`action_mask`, per-entry `action_weight`), cut exactly as `data/windows.SequenceWindows` cuts it
+(see `sequence_spec`): an episode that fits in the window is one item, the whole episode padded
+at the end; a longer one gives one full window ending at every step from `window - 1` on.
+`action_weight` is the loss weight of the action each chunk entry holds (the trial's success),
+so failed trials stay in the context with weight 0.
+
 Tables: `demo` never evicts (adding past `demo_table_size` raises `ReplayFullError`) and
 only needs one item to sample; `online` evicts FIFO and is rate limited so each online
 window is sampled about `samples_per_insert` times.
@@ -99,6 +108,56 @@ def window_spec(obs_dim: int, action_dim: int, task_dim: int, window: int) -> di
     }
 
 
+LAYOUTS = ("diffusion", "sequence")
+
+
+def sequence_spec(obs_dim: int, action_dim: int, task_dim: int, window: int,
+                  chunk: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Field name -> (shape, dtype) of one sequence window (the transformer's replay item)."""
+    f32, i32 = np.dtype(np.float32), np.dtype(np.int32)
+    return {
+        "obs": ((window, obs_dim), f32),
+        "prev_action": ((window, action_dim), f32),
+        "trial_index": ((window,), i32),
+        "mask": ((window,), np.dtype(bool)),  # real steps (left-aligned), then padding
+        "action": ((window, chunk, action_dim), f32),  # the chunk a_t .. a_{t+chunk-1} at each step
+        "action_mask": ((window, chunk), np.dtype(bool)),  # chunk entries inside the episode and trial
+        "action_weight": ((window, chunk), f32),  # each entry's loss weight (its trial's success)
+        "weight": ((), f32),
+        "success": ((), f32),  # the episode's (its last trial's) success
+        "version": ((), np.dtype(np.int64)),
+        "task": ((task_dim,), f32),
+        "trial": ((), i32),  # trial of the window's last real step
+    }
+
+
+def sequence_steps(obs, action, trial, action_weight, chunk: int) -> dict[str, np.ndarray]:
+    """Per-step rows of an episode's sequence windows, plus one padding row (index T): row t
+    is what every window holds at step t (nothing in it depends on where the window starts),
+    so the windows of `data/windows.SequenceWindows` are slices of these rows, padded at the
+    end with the padding row. obs (>= T, D), action (T, A), trial (>= T,), action_weight (T,)."""
+    action = np.asarray(action, np.float32)
+    T = len(action)
+    trial = np.asarray(trial, np.int32)[:T]
+    t = np.arange(T)
+    chunk_t = t[:, None] + np.arange(chunk)  # (T, chunk)
+    rows = np.minimum(chunk_t, T - 1)
+    action_mask = (chunk_t < T) & (trial[rows] == trial[:, None])
+    prev = np.concatenate([np.zeros((1, action.shape[1]), np.float32), action[:-1]])
+    steps = {
+        "obs": np.asarray(obs, np.float32)[:T], "prev_action": prev, "trial_index": trial,
+        "mask": np.ones(T, bool), "action": action[rows], "action_mask": action_mask,
+        "action_weight": np.where(action_mask, np.asarray(action_weight, np.float32)[rows], 0.0).astype(np.float32),
+        "trial": trial,
+    }
+    # Padding (as SequenceWindows pads): zeros, masked out, the chunk clamped to the last action.
+    pad = {"obs": np.zeros_like(steps["obs"][0]), "prev_action": np.zeros_like(prev[0]), "trial_index": np.int32(0),
+           "mask": np.bool_(False), "action": np.repeat(action[-1:], chunk, axis=0),
+           "action_mask": np.zeros(chunk, bool), "action_weight": np.zeros(chunk, np.float32),
+           "trial": trial[-1]}
+    return {k: np.concatenate([v, np.asarray(pad[k])[None]]) for k, v in steps.items()}
+
+
 def _signature(spec) -> dict[str, tf.TensorSpec]:
     return {k: tf.TensorSpec(shape, tf.as_dtype(dtype), name=k) for k, (shape, dtype) in spec.items()}
 
@@ -135,9 +194,17 @@ class ReplayServer:
     DEMO, ONLINE = "demo", "online"
 
     def __init__(self, config: ReplayConfig, obs_dim: int, action_dim: int, task_dim: int, window: int,
-                 port: int | None = None, checkpoint_dir: str | None = None):
+                 port: int | None = None, checkpoint_dir: str | None = None, layout: str = "diffusion",
+                 chunk: int | None = None):
         config.validate()
-        spec = window_spec(obs_dim, action_dim, task_dim, window)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout == "sequence":
+            if not chunk or chunk < 1:
+                raise ValueError(f"chunk: the sequence layout needs the action chunk length, got {chunk!r}")
+            spec = sequence_spec(obs_dim, action_dim, task_dim, window, chunk)
+        else:
+            spec = window_spec(obs_dim, action_dim, task_dim, window)
         signature = _signature(spec)
         online_limiter = reverb.rate_limiters.SampleToInsertRatio(
             samples_per_insert=config.samples_per_insert, min_size_to_sample=config.min_size_to_sample,
@@ -221,23 +288,27 @@ class ReplayClient:
             if spec["obs"][0][0] != window:
                 raise ValueError(f"window: the server's {name!r} table holds windows of "
                                  f"{spec['obs'][0][0]} steps, not {window}")
+        # Both tables hold the same layout: sequence windows (a `mask` field) or diffusion ones.
+        self.layout = "sequence" if any("mask" in spec for spec in self._specs.values()) else "diffusion"
         self._writer = None  # created on first use; serves both tables (same signature)
 
     def add_episode(self, table: str, obs, action, weight: float, success: bool, version: int, task,
-                    trial_index=0) -> int:
-        """Adds the windows of one episode; returns the number of windows (= steps T).
+                    trial_index=0, action_weight=None) -> int:
+        """Adds the windows of one episode; returns the number of windows (diffusion: = steps T).
 
         obs: (T+1, D) or (T, D), row t observed before action row t (only the first T rows
         are used); action: (T, A); task: (task_dim,); trial_index: per step (T,) or (T+1,),
-        or one int. Blocks while the online table's rate limiter holds inserts back.
+        or one int; action_weight (sequence layout only): each action's loss weight (T,)
+        (default 1), e.g. the success of its trial. Blocks while the online table's rate
+        limiter holds inserts back.
         """
         spec = self._spec(table)
         action = np.asarray(action, np.float32)
         obs = np.asarray(obs, np.float32)
         T = len(action)
         task = np.asarray(task, np.float32)
-        if action.shape[1:] != spec["action"][0][1:] or action.ndim != 2:
-            raise ValueError(f"action: expected shape (T, {spec['action'][0][1]}), got {action.shape}")
+        if action.ndim != 2 or action.shape[1] != spec["action"][0][-1]:
+            raise ValueError(f"action: expected shape (T, {spec['action'][0][-1]}), got {action.shape}")
         if obs.ndim != 2 or obs.shape[1] != spec["obs"][0][1] or len(obs) not in (T, T + 1):
             raise ValueError(f"obs: expected shape ({T} or {T + 1}, {spec['obs'][0][1]}), got {obs.shape}")
         if task.shape != spec["task"][0]:
@@ -249,6 +320,16 @@ class ReplayClient:
             raise ValueError(f"trial_index: expected an int or shape ({T},) or ({T + 1},), got {trial.shape}")
         if T == 0:
             return 0
+        if self.layout == "sequence":
+            action_weight = np.ones(T, np.float32) if action_weight is None else np.asarray(action_weight, np.float32)
+            if action_weight.shape != (T,):
+                raise ValueError(f"action_weight: expected shape ({T},), got {action_weight.shape}")
+            return self._add_sequence(table, spec, obs, action, trial, action_weight,
+                                      {"weight": np.float32(weight), "success": np.float32(success),
+                                       "version": np.int64(version), "task": task})
+        if action_weight is not None:
+            raise ValueError("action_weight: only the sequence layout has per-action weights (a diffusion "
+                             "window's weight is `weight`)")
         if table == ReplayServer.DEMO:
             self._check_demo_room(T)
 
@@ -289,6 +370,45 @@ class ReplayClient:
             self._close_writer()  # its buffers are mid-episode; start the next episode afresh
             raise
         return T
+
+    def _add_sequence(self, table: str, spec: dict, obs, action, trial, action_weight, constants: dict) -> int:
+        """The sequence windows of one episode (see the module docstring); returns their number."""
+        W, T = self.window, len(action)
+        chunk = spec["action"][0][1]
+        rows = sequence_steps(obs, action, trial, action_weight, chunk)
+        # Real steps, then (an episode shorter than the window) padding up to the window.
+        idx = np.concatenate([np.arange(T), np.full(max(W - T, 0), T)])
+        ends = [T - 1] if T <= W else list(range(W - 1, T))
+        if table == ReplayServer.DEMO:
+            self._check_demo_room(len(ends))
+        columns = sorted(spec)
+        per_step = [k for k in columns if k in rows]
+        squeeze = [k in constants or k == "trial" for k in columns]
+        steps = {k: [] for k in per_step}
+        writer = self._get_writer()._writer
+        created = 0
+        try:
+            for i, t in enumerate(idx):
+                refs = writer.Append([rows[k][t] if k in rows else constants[k] if i == 0 else None for k in columns])
+                if i == 0:
+                    const_refs = {k: refs[c] for c, k in enumerate(columns) if k in constants}
+                for c, k in enumerate(columns):
+                    if k in rows:
+                        steps[k].append(refs[c])
+                end = min(i, T - 1)  # the last real step of the window that ends at appended step i
+                if i >= W - 1 and (T > W or i == len(idx) - 1):
+                    item = [[steps[k][end]] if k == "trial" else steps[k][-W:] if k in rows else [const_refs[k]]
+                            for k in columns]
+                    writer.CreateItem(table, 1.0, item, squeeze)
+                    created += 1
+                    if created % _FLUSH_EVERY == 0:
+                        writer.Flush(_FLUSH_EVERY // 2, -1)
+            writer.EndEpisode(True, None)
+        except BaseException:
+            self._close_writer()
+            raise
+        assert created == len(ends)
+        return created
 
     def sample(self, table: str, batch_size: int, timeout_ms: int | None = None) -> dict[str, np.ndarray]:
         """One batch, blocking until the table's rate limiter allows it; with `timeout_ms`,
