@@ -399,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if first.get("episodes") and last.get("episodes"):
                 print(f"held-out success on {last['tasks']}: {first['success_rate']:.2f} at update "
                       f"{first['version']} -> {last['success_rate']:.2f} at update {last['version']}")
+                if len(last.get("success_per_trial") or []) > 1:
+                    print("held-out success per trial: " + ", ".join(f"{r:.2f}" for r in last["success_per_trial"]))
         elif args.command == "dashboard":
             dashboard(from_namespace(DashboardConfig, args))
         return 0

@@ -98,7 +98,7 @@ def load_policy(run_dir: str | Path, use_ema: bool = True, step: int | None = No
         from ada_curriculum.train import TrainConfig
 
         cfg = config_lib.load_config(TrainConfig, cfg_path)
-        policy, optimizer = make_policy(cfg.policy, cfg.diffusion), make_optimizer(cfg.optim)
+        policy, optimizer = make_policy(cfg.policy, cfg.policy_config()), make_optimizer(cfg.optim)
     else:
         cfg = config_lib.load_config(PretrainConfig, cfg_path)
         policy, optimizer, _ = build(cfg)

@@ -5,6 +5,13 @@ call outstanding per actor and for the learner, collects their counters, writes 
 decides when to checkpoint, and ends on the first budget reached (updates, env steps, minutes)
 or on SIGTERM/SIGINT, always with a final checkpoint and `summary.json`.
 
+`--policy transformer --trials k` fine-tunes the causal transformer in k-trial episodes of one
+task (`banana-place-multi`, context kept across trials): replay holds sequence windows of whole
+episodes whose per-action weight is its trial's success, so the learner's `SuccessWeightedBC` is
+success-weighted BC over trials with the failed trials as context; held-out evaluation reports
+success per trial index. With a diffusion policy, `--trials k` makes each trial an episode of its
+own for replay (the policy has no memory across trials).
+
 A run directory that holds a checkpoint is resumed: learner state, counters, task-source state
 and the replay tables (from the Reverb checkpoint saved with the same step), and with
 `--distill.enabled` the distillation stage (generation, who acts, the teacher snapshot).
@@ -38,12 +45,19 @@ from ada_curriculum.metrics_store import MetricsConfig
 from ada_curriculum.policies import make_policy, normalizer as normalizer_lib
 from ada_curriculum.policies.obs import workspace_bounds
 from ada_curriculum.policies.diffusion import DiffusionConfig
+from ada_curriculum.policies.transformer import TransformerConfig
 from ada_curriculum.pretrain import _StopFlag, load_policy, state_template
 from ada_curriculum.replay import ReplayConfig
 
 log = logging.getLogger(__name__)
 
 COMPATIBLE_KEYS = ("policy", "diffusion", "tasks", "env", "curriculum.strategy", "curriculum.bins")
+# Also checked when set: a transformer run's model, and the episodes replay holds windows of.
+SEQUENCE_KEYS = ("transformer", "trials", "sequence_length")
+
+
+def _compatible_keys(cfg: "TrainConfig") -> tuple[str, ...]:
+    return COMPATIBLE_KEYS + (SEQUENCE_KEYS if cfg.policy == "transformer" else ("trials",))
 
 
 @dataclasses.dataclass
@@ -53,10 +67,17 @@ class TrainConfig:
     run: str = dataclasses.field(metadata={"help": "run directory (resumed if it holds a checkpoint)", "metavar": "DIR"})
     init: Optional[str] = dataclasses.field(default=None, metadata={"help": "pretrained run to start from", "metavar": "RUN"})
     demos: Optional[str] = dataclasses.field(default=None, metadata={"help": "episode store for the demo table", "metavar": "DIR"})
-    policy: Literal["diffusion"] = "diffusion"
+    policy: Literal["diffusion", "transformer"] = "diffusion"
     env: str = "banana-place"
     tasks: Literal["nominal", "near", "full"] = "nominal"
-    time_limit: Optional[int] = dataclasses.field(default=None, metadata={"min": 1})
+    time_limit: Optional[int] = dataclasses.field(default=None, metadata={"min": 1, "help": "control steps per trial"})
+    trials: Optional[int] = dataclasses.field(default=None, metadata={
+        "min": 1, "metavar": "K", "help": "trials of one task per episode (none: the env's default); K > 1 acts "
+                                          "and evaluates in banana-place-multi. A transformer keeps every trial in "
+                                          "its context; for diffusion each trial is an episode of its own"})
+    sequence_length: Optional[int] = dataclasses.field(default=None, metadata={
+        "min": 1, "metavar": "T", "help": "transformer: steps per replay window (none: trials x time limit, at most "
+                                          "transformer.max_len, i.e. whole episodes)"})
     distributed: bool = dataclasses.field(default=True, metadata={"help": "Ray actors (else one process)"})
     ray_address: Optional[str] = dataclasses.field(default=None, metadata={"help": "existing cluster ('auto'); none: local"})
     num_actors: int = dataclasses.field(default=2, metadata={"min": 1})
@@ -94,6 +115,7 @@ class TrainConfig:
         default_factory=lambda: OptimConfig(learning_rate=3e-5, warmup_steps=100, decay_steps=100_000,
                                             ema_decay=0.995, ema_warmup=False))
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
     curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
     stop_success: Optional[float] = dataclasses.field(default=None, metadata={
         "min": 0.0, "max": 1.0, "help": "end the run once the curriculum covers the task space and held-out "
@@ -109,10 +131,32 @@ class TrainConfig:
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
+    def policy_config(self):
+        return getattr(self, self.policy)
+
     def validate(self):
         self.optim.validate()
         self.replay.validate()
         self.diffusion.validate()
+        try:
+            self.transformer.validate()
+        except ConfigError as e:
+            raise e.under("transformer") from None
+        if self.trials is not None and (isinstance(self.trials, bool) or self.trials < 1):
+            raise ConfigError("trials", f"expected an int >= 1, got {self.trials!r}")
+        if self.sequence_length is not None:
+            if self.policy != "transformer":
+                raise ConfigError("sequence_length", "only applies to --policy transformer (diffusion windows are "
+                                                     "diffusion.horizon steps)")
+            if self.sequence_length > self.transformer.max_len:
+                raise ConfigError("sequence_length", f"{self.sequence_length} exceeds transformer.max_len "
+                                                     f"({self.transformer.max_len})")
+        if self.policy == "transformer":
+            if self.acting_inference_steps is not None:
+                raise ConfigError("acting_inference_steps", "DDIM steps are the diffusion policy's; the transformer "
+                                                            "predicts its chunk in one pass")
+            if self.distill.enabled:
+                raise ConfigError("distill.enabled", "distillation grows the diffusion U-Net; use --policy diffusion")
         self.curriculum.validate()
         if self.curriculum.strategy != "none" and self.tasks == "nominal":
             raise ValueError(f"tasks: the {self.curriculum.strategy} curriculum widens inside the task space; "
@@ -123,7 +167,8 @@ class TrainConfig:
             raise ValueError("max_updates: set at least one budget (max_updates, max_env_steps, max_minutes)")
         if self.demo_fraction > 0 and not self.demos:
             raise ValueError("demos: demo_fraction > 0 needs --demos (an episode store)")
-        if self.acting_inference_steps is not None and self.acting_inference_steps > self.diffusion.num_train_timesteps:
+        if self.policy == "diffusion" and self.acting_inference_steps is not None and \
+                self.acting_inference_steps > self.diffusion.num_train_timesteps:
             raise ConfigError("acting_inference_steps", f"must be <= diffusion.num_train_timesteps "
                                                         f"(= {self.diffusion.num_train_timesteps})")
         if self.dashboard and not self.dashboard_host.strip():
@@ -148,9 +193,12 @@ def _initial_state(cfg: TrainConfig, policy, optimizer):
     rng = jax.random.PRNGKey(cfg.seed)
     if cfg.init:
         pre_policy, variables, pre_cfg, _ = load_policy(cfg.init, use_ema=True)
+        if pre_policy.kind != policy.kind:
+            raise CheckpointError(f"init: {cfg.init} holds a {pre_policy.kind} policy; this run trains a "
+                                  f"{policy.kind} (--policy {pre_policy.kind}, or another --init run)")
         if pre_policy.config != policy.config:
-            raise CheckpointError("diffusion: the --init run's policy config differs from this run's; "
-                                  "pass the same --diffusion.* options")
+            raise CheckpointError(f"{cfg.policy}: the --init run's policy config differs from this run's; "
+                                  f"pass the same --{cfg.policy}.* options")
         return create_train_state(variables, optimizer, rng)
     from ada_curriculum.data import windows as windows_lib
 
@@ -160,22 +208,55 @@ def _initial_state(cfg: TrainConfig, policy, optimizer):
     return create_train_state(variables, optimizer, rng)
 
 
-def _load_demos(client, cfg: TrainConfig) -> int:
+def _load_demos(client, cfg: TrainConfig, layout: str = "diffusion", trials: Optional[int] = None) -> int:
+    """The demo table from the episode store. Sequence layout (transformer): every episode with
+    a successful trial, whole, each action weighted by its trial's success (failed trials stay as
+    context, as `pretrain --only-successful` trains). Diffusion: successful episodes; in a
+    multi-trial store each successful trial is an episode of its own."""
     import numpy as np
 
-    from ada_curriculum.episode_store import EpisodeStore
+    from ada_curriculum.agent.actor import trial_action_weights, trial_spans
+    from ada_curriculum.episode_store import EpisodeStore, trial_results
     from ada_curriculum.policies.obs import flatten_obs
 
     items = 0
+    store_trials = set()
     for ep in EpisodeStore(cfg.demos):
-        if not ep.success:
-            continue
         obs = flatten_obs(ep.observations)
         task = np.array([ep.task[k] for k in sorted(ep.task, key=list(ep.task).index)], np.float32)
         trial = np.asarray(ep.observations.get("trial_index", np.zeros(len(obs))), np.int32)[: ep.length]
-        items += client.add_episode("demo", obs[: ep.length], ep.actions, weight=1.0, success=True, version=-1,
-                                    task=task, trial_index=trial)
+        trial_success, _ = trial_results(trial, ep.rewards)
+        store_trials.add(len(trial_success))
+        if layout == "sequence":
+            if not any(trial_success):
+                continue
+            items += client.add_episode("demo", obs[: ep.length], ep.actions, weight=1.0, success=ep.success,
+                                        version=-1, task=task, trial_index=trial,
+                                        action_weight=trial_action_weights(trial, trial_success))
+        elif len(trial_success) > 1:
+            for i, a, b in trial_spans(trial):
+                if trial_success[i]:
+                    items += client.add_episode("demo", obs[a:b], ep.actions[a:b], weight=1.0, success=True,
+                                                version=-1, task=task, trial_index=trial[a:b])
+        elif ep.success:
+            items += client.add_episode("demo", obs[: ep.length], ep.actions, weight=1.0, success=True, version=-1,
+                                        task=task, trial_index=trial)
+    if layout == "sequence" and trials is not None and store_trials - {trials}:
+        log.warning("demos: %s holds episodes of %s trials; this run's have %d", cfg.demos,
+                    ",".join(map(str, sorted(store_trials))), trials)
+    if items == 0:
+        raise ConfigError("demos", f"{cfg.demos} has no successful episode (or trial) for the demo table")
     return items
+
+
+def _check_replay_layout(saved: Optional[dict], current: dict) -> None:
+    """Refuse a resume whose replay windows would not fit the checkpointed tables (a transformer
+    run's window length also follows from trials and time limit when not given)."""
+    if saved is None or saved == current:
+        return
+    raise CheckpointError(f"sequence_length: the checkpoint's replay holds {saved['layout']} windows of "
+                          f"{saved['window']} steps, this run's are {current['layout']} windows of {current['window']} "
+                          "(--sequence-length, or trials x time limit); use a new run directory or the same setting")
 
 
 def _newest_readable_meta(ckpt: Checkpointer) -> Optional[dict]:
@@ -304,9 +385,10 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
 
         policy = policy_at(distill, cfg.policy, cfg.diffusion, 0)
     else:
-        policy = make_policy(cfg.policy, cfg.diffusion)
+        policy = make_policy(cfg.policy, cfg.policy_config())
     optimizer = make_optimizer(cfg.optim)
     builder = Builder(cfg, policy)
+    replay_layout = {"layout": builder.layout, "window": builder.window}
     current = config_lib.to_dict(cfg)
 
     probe = Checkpointer(run_dir / "checkpoints")
@@ -316,7 +398,8 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
         if resume_step is not None:
             saved = _newest_readable_meta(probe)
             if saved is not None:  # none readable: `restore` below says so
-                check_compatible(saved.get("config", {}), current, COMPATIBLE_KEYS)
+                check_compatible(saved.get("config", {}), current, _compatible_keys(cfg))
+                _check_replay_layout(saved.get("replay_layout"), replay_layout)
             stage_state = _distill_stage(cfg, saved)
             # The checkpoint holds the generation its stage names: restore into that model's
             # structure (again if `restore` fell back to a step of another generation).
@@ -404,7 +487,8 @@ class _Run:
         self.client = builder.make_replay_client(self.address)
         info = self.client.info()
         if cfg.demos and info["demo"]["size"] == 0:
-            self.counters["demo_items"] = _load_demos(self.client, cfg)
+            self.counters["demo_items"] = _load_demos(self.client, cfg, builder.layout,
+                                                      builder.episode_limits[0] if builder.layout == "sequence" else None)
         ckpt_dir = str(run_dir / "checkpoints")
         distill = dict(generation=self.generation, teacher_variables=teacher, updates=self.counters["updates"])
         if cfg.distributed:
@@ -427,8 +511,8 @@ class _Run:
         self._eval_ref = None
         self.evaluator = None
         if cfg.eval_every:
-            eval_args = dict(policy=builder.policy, variable_source=self.variables, env_name=cfg.env, tasks=cfg.tasks,
-                             episodes=cfg.eval_episodes, env_kwargs=builder.actor_args(0, None, None, None)["env_kwargs"],
+            eval_args = dict(policy=builder.policy, variable_source=self.variables, env_name=builder.env_name,
+                             tasks=cfg.tasks, episodes=cfg.eval_episodes, env_kwargs=builder.env_kwargs,
                              video_dir=str(run_dir / "videos"), videos=cfg.eval_videos)
             from ada_curriculum.agent.evaluator import Evaluator
 
@@ -436,12 +520,12 @@ class _Run:
                               else Evaluator(**eval_args))
         self._metrics_file = (run_dir / "metrics.jsonl").open("a")
         self._recent: list[bool] = []
+        self._recent_trials: list[list[bool]] = []  # per-trial outcomes of the same episodes
         from ada_curriculum.agent.run_metrics import EmbeddingProbe, RunMetrics
 
         probe = None
         if cfg.embedding_every and callable(getattr(builder.policy, "embed", None)):
-            probe = EmbeddingProbe(builder.policy, cfg.env, builder.actor_args(0, None, None, None)["env_kwargs"],
-                                   seed=cfg.seed)
+            probe = EmbeddingProbe(builder.policy, builder.env_name, builder.env_kwargs, seed=cfg.seed)
         # The store the dashboard reads (metrics.jsonl stays as it was, for scripts).
         self.metrics = RunMetrics(run_dir, cfg.metrics, resume_step, self.counters, self.actor_stats,
                                   self.client.info(), probe)
@@ -464,6 +548,8 @@ class _Run:
         stats["restarting"] = False
         self._recent += [r["success"] for r in out["results"]]
         self._recent = self._recent[-100:]
+        self._recent_trials = (self._recent_trials + [r.get("trial_successes") or [r["success"]]
+                                                      for r in out["results"]])[-100:]
 
     def _absorb_learner(self, out: dict):
         self.counters["updates"] = out["updates"]
@@ -627,7 +713,8 @@ class _Run:
         replay_path = remote.call(self.replay, "checkpoint")
         meta = {"config": config_lib.to_dict(self.cfg), "kind": "train",
                 "counters": {**self.counters, "seconds": self._elapsed()},
-                "task_source": remote.call(self.tasks, "state"), "replay_checkpoint": replay_path}
+                "task_source": remote.call(self.tasks, "state"), "replay_checkpoint": replay_path,
+                "replay_layout": {"layout": self.builder.layout, "window": self.builder.window}}
         if self.stage is not None:
             self._apply_handover()  # the saved stage and the learner's acting weights agree
             g = self.generation
@@ -663,12 +750,16 @@ class _Run:
             self._embed()  # the final weights (the save published them)
         elapsed = time.monotonic() - self._t0
         self.counters["seconds"] += elapsed
+        from ada_curriculum.evaluate import per_trial_summary
+
         first = [r["recent_success_rate"] for r in self.history if r["recent_success_rate"] is not None]
         summary = {
             "stopped_by": reason, **self.counters,
             "updates_per_s": round((self.counters["updates"] - start_updates) / elapsed, 2) if elapsed else None,
             "success_rate": self.counters["successes"] / max(self.counters["episodes"], 1),
             "recent_success_rate": first[-1] if first else None,
+            "trials": self.builder.episode_limits[0],
+            "recent_success_per_trial": per_trial_summary(self._recent_trials)["success_per_trial"],
             "replay": self.client.info(), "version": self.counters["updates"], "actors": self.actor_stats,
             "eval": getattr(self, "last_eval", None),
             "eval_first": getattr(self, "first_eval", None),

@@ -3,6 +3,13 @@
 It asks the task source for tasks, writes every finished episode to the online replay table
 (tagged with task, success, trial and the policy version that acted), reports results back in
 batches, and pulls newer weights from the variable source without blocking.
+
+Multi-trial episodes (`banana-place-multi`, `train --trials k`): each trial's success is read
+from the step that ends it (`info["trial_ended"]`, or the last step) and goes into the result
+(`trial_successes`) and the replay write. A transformer's episode is written whole, as sequence
+windows whose per-action weight is its trial's success (failed trials stay as context); for a
+diffusion policy, which has no memory across trials, each trial is written as an episode of its
+own, weighted by its success.
 """
 
 from __future__ import annotations
@@ -14,6 +21,22 @@ import numpy as np
 import envs
 from ada_curriculum.agent import remote
 from ada_curriculum.policies.runner import PolicyRunner
+
+
+def trial_action_weights(trial, trial_success) -> np.ndarray:
+    """Each action's loss weight: 1.0 if the trial it belongs to (`trial` per action) succeeded,
+    else 0.0. A trial with no reported outcome (not finished) counts as failed."""
+    trial = np.asarray(trial, np.int64)
+    ok = np.zeros(int(trial.max()) + 1 if len(trial) else 0, np.float32)
+    ok[: len(trial_success)] = np.asarray(trial_success, np.float32)[: len(ok)]
+    return ok[trial]
+
+
+def trial_spans(trial) -> list[tuple[int, int, int]]:
+    """(trial index, first action, end) of each trial's run of actions, in order."""
+    trial = np.asarray(trial)
+    cuts = [0, *(np.flatnonzero(np.diff(trial)) + 1).tolist(), len(trial)]
+    return [(int(trial[a]), a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
 class Actor:
@@ -56,7 +79,7 @@ class Actor:
         ts = self.envs[j].reset(task=envs.TaskParams.from_dict(task), seed=seed)
         self._timesteps[j] = ts
         # obs/trial rows are added as each action is taken (row t is what action t saw).
-        self._episodes[j] = {"obs": [], "action": [], "trial": [], "version": self.version}
+        self._episodes[j] = {"obs": [], "action": [], "trial": [], "trial_success": [], "version": self.version}
         self.runner.reset(j)
 
     def _maybe_update_variables(self):
@@ -106,6 +129,8 @@ class Actor:
                 ts = env.step(actions[j])
                 self._timesteps[j] = ts
                 self.env_steps += 1
+                if ts.info.get("trial_ended") or ts.last():
+                    ep["trial_success"].append(bool(ts.info["success"]))
                 if ts.last():
                     results.append(self._finish(j, ts))
                     self._start(j)
@@ -121,14 +146,29 @@ class Actor:
         success = bool(ts.info["success"])
         task = env.task
         n = len(ep["action"])
-        remote.call(self.replay, "add_episode", "online", np.stack(ep["obs"]), np.stack(ep["action"]),
-                    weight=float(success), success=success, version=ep["version"],
-                    task=task.vector().astype(np.float32), trial_index=np.asarray(ep["trial"], np.int32))
+        obs, action = np.stack(ep["obs"]), np.stack(ep["action"])
+        trial, trial_success = np.asarray(ep["trial"], np.int32), list(ep["trial_success"])
+        vector = task.vector().astype(np.float32)
+        if self.policy.kind == "transformer":
+            # The whole episode, failed trials as context: each action weighs its trial's success.
+            remote.call(self.replay, "add_episode", "online", obs, action, weight=1.0, success=success,
+                        version=ep["version"], task=vector, trial_index=trial,
+                        action_weight=trial_action_weights(trial, trial_success))
+        elif len(trial_success) <= 1:
+            remote.call(self.replay, "add_episode", "online", obs, action, weight=float(success), success=success,
+                        version=ep["version"], task=vector, trial_index=trial)
+        else:
+            # No memory across trials: each trial is an episode of its own for the diffusion windows.
+            for i, a, b in trial_spans(trial):
+                ok = i < len(trial_success) and trial_success[i]
+                remote.call(self.replay, "add_episode", "online", obs[a:b], action[a:b], weight=float(ok),
+                            success=ok, version=ep["version"], task=vector, trial_index=trial[a:b])
         self.episodes += 1
         self.successes += int(success)
         self.unstable += int(ts.info["physics_unstable"])
         return {"task": task.to_dict(), "success": success, "steps": n, "version": ep["version"],
-                "actor": self.actor_id, "unstable": bool(ts.info["physics_unstable"])}
+                "actor": self.actor_id, "unstable": bool(ts.info["physics_unstable"]),
+                "trial_successes": trial_success}
 
     def close(self):
         for env in self.envs:

@@ -8,6 +8,7 @@ distributed run, so both runs execute the same code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from ada_curriculum import replay as replay_lib
 from ada_curriculum.agent.actor import Actor
@@ -72,13 +73,58 @@ class LearnerWorker(Learner):
         return ray.get_runtime_context().get_node_id()
 
 
+MULTI_TRIAL_ENV = "banana-place-multi"
+
+
 class Builder:
     """`policy` is the run's first model (generation 0 under distillation); every generation
-    shares its horizon and observation layout, so replay windows fit them all."""
+    shares its horizon and observation layout, so replay windows fit them all.
+
+    Replay layout: diffusion windows of `horizon` steps, or for a transformer sequence windows
+    of `sequence_length` steps (default: the run's trials x time limit, capped at the
+    transformer's `max_len`, so a whole multi-trial episode is one window)."""
 
     def __init__(self, cfg, policy):
         self.cfg, self.policy = cfg, policy
-        self.window = policy.config.horizon
+        self.layout = "sequence" if policy.kind == "transformer" else "diffusion"
+        self.window = policy.config.horizon if self.layout == "diffusion" else self.sequence_length()
+
+    # -- env ------------------------------------------------------------------------------------
+    @property
+    def env_name(self) -> str:
+        """The env actors and the evaluator run: `--trials k > 1` of the one-trial env is the
+        multi-trial env (k trials of one task per episode, context kept across them)."""
+        trials = getattr(self.cfg, "trials", None)
+        if trials is not None and trials > 1 and self.cfg.env == "banana-place":
+            return MULTI_TRIAL_ENV
+        return self.cfg.env
+
+    @property
+    def env_kwargs(self) -> dict:
+        c = self.cfg
+        kwargs = {} if c.time_limit is None else {"time_limit": c.time_limit}
+        if getattr(c, "trials", None) is not None:
+            kwargs["trials"] = c.trials
+        return kwargs
+
+    @functools.cached_property
+    def episode_limits(self) -> tuple[int, int]:
+        """(trials per episode, steps per trial) of the run's env (its defaults resolved)."""
+        import envs
+
+        env = envs.make(self.env_name, tasks="nominal", **self.env_kwargs)
+        try:
+            return int(env.trials), int(env.time_limit)
+        finally:
+            env.close()
+
+    def sequence_length(self) -> int:
+        """Steps per sequence replay window (transformer runs)."""
+        given = getattr(self.cfg, "sequence_length", None)
+        if given is not None:
+            return int(given)
+        trials, time_limit = self.episode_limits
+        return min(int(self.policy.config.max_len), trials * time_limit)
 
     # -- distillation ---------------------------------------------------------------------------
     @property
@@ -103,7 +149,8 @@ class Builder:
             # fixed ratio set by the coordinator, so the rate limiter must never block.
             replay = dataclasses.replace(replay, error_buffer=1e12)
         return dict(config=replay, obs_dim=OBS_DIM, action_dim=ACTION_DIM, task_dim=TASK_DIM,
-                    window=self.window, checkpoint_dir=checkpoint_dir)
+                    window=self.window, checkpoint_dir=checkpoint_dir, layout=self.layout,
+                    chunk=self.policy.n_action_steps if self.layout == "sequence" else None)
 
     def make_replay_server(self, checkpoint_dir: str | None = None):
         return replay_lib.ReplayServer(**self.replay_server_args(checkpoint_dir))
@@ -127,9 +174,8 @@ class Builder:
         c = self.cfg
         return dict(actor_id=i, policy=self.policy, replay_address=replay_address, window=self.window,
                     n_obs_steps=self.policy.n_obs_steps, variable_source=variable_source, task_source=task_source,
-                    env_name=c.env, num_envs=c.envs_per_actor, seed=c.seed * 100 + i,
-                    variable_update_period=c.variable_update_period,
-                    env_kwargs={} if c.time_limit is None else {"time_limit": c.time_limit},
+                    env_name=self.env_name, num_envs=c.envs_per_actor, seed=c.seed * 100 + i,
+                    variable_update_period=c.variable_update_period, env_kwargs=self.env_kwargs,
                     sampling=None if c.acting_inference_steps is None
                     else {"num_inference_steps": c.acting_inference_steps})
 
