@@ -94,6 +94,9 @@ class TrainConfig:
     demo_fraction: float = dataclasses.field(default=0.5, metadata={"min": 0.0, "max": 1.0})
     demo_weight: float = dataclasses.field(default=1.0, metadata={"min": 0.0})
     online_weight: float = dataclasses.field(default=1.0, metadata={"min": 0.0})
+    online_weighting: Literal["success", "advantage"] = dataclasses.field(default="success", metadata={
+        "help": "online episode weight: its success, or max(success - baseline(task), 0) with a kernel "
+                "baseline over the actor's recent episodes (agent/baseline.py)"})
     updates_per_call: int = dataclasses.field(default=10, metadata={"min": 1})
     publish_every: int = dataclasses.field(default=10, metadata={"min": 1})
     stall_timeout: float = dataclasses.field(default=120.0, metadata={"min": 0.0, "help": "seconds without a batch"})
@@ -152,6 +155,9 @@ class TrainConfig:
                 raise ConfigError("sequence_length", f"{self.sequence_length} exceeds transformer.max_len "
                                                      f"({self.transformer.max_len})")
         if self.policy == "transformer":
+            if self.online_weighting != "success":
+                raise ConfigError("online_weighting", "applies to diffusion windows; a transformer's online "
+                                                      "windows are weighted per trial by its success")
             if self.acting_inference_steps is not None:
                 raise ConfigError("acting_inference_steps", "DDIM steps are the diffusion policy's; the transformer "
                                                             "predicts its chunk in one pass")

@@ -20,6 +20,7 @@ import numpy as np
 
 import envs
 from ada_curriculum.agent import remote
+from ada_curriculum.agent.baseline import SuccessBaseline
 from ada_curriculum.policies.runner import PolicyRunner
 
 
@@ -42,12 +43,16 @@ def trial_spans(trial) -> list[tuple[int, int, int]]:
 class Actor:
     def __init__(self, actor_id: int, policy, replay, variable_source, task_source, env_name: str = "banana-place",
                  num_envs: int = 2, seed: int = 0, variable_update_period: int = 20, env_kwargs: dict | None = None,
-                 sampling: dict | None = None, align_chunks: bool = True):
+                 sampling: dict | None = None, align_chunks: bool = True, weighting: str = "success"):
         self.actor_id = actor_id
         self.policy, self.replay = policy, replay
         self.variable_source, self.task_source = variable_source, task_source
         self.variable_update_period = variable_update_period
         self.align_chunks = align_chunks
+        if weighting not in ("success", "advantage"):
+            raise ValueError(f"weighting: expected 'success' or 'advantage', got {weighting!r}")
+        # "advantage": an online episode's weight is max(success - baseline(task), 0).
+        self._baseline = SuccessBaseline() if weighting == "advantage" else None
         self.envs = [envs.make(env_name, tasks="full", seed=seed * 1000 + j, **(env_kwargs or {}))
                      for j in range(num_envs)]
         self.version, variables, published_policy, self.generation = self._wait_for_variables()
@@ -155,20 +160,25 @@ class Actor:
                         version=ep["version"], task=vector, trial_index=trial,
                         action_weight=trial_action_weights(trial, trial_success))
         elif len(trial_success) <= 1:
-            remote.call(self.replay, "add_episode", "online", obs, action, weight=float(success), success=success,
-                        version=ep["version"], task=vector, trial_index=trial)
+            remote.call(self.replay, "add_episode", "online", obs, action, weight=self._weight(task, success),
+                        success=success, version=ep["version"], task=vector, trial_index=trial)
         else:
             # No memory across trials: each trial is an episode of its own for the diffusion windows.
             for i, a, b in trial_spans(trial):
                 ok = i < len(trial_success) and trial_success[i]
-                remote.call(self.replay, "add_episode", "online", obs[a:b], action[a:b], weight=float(ok),
-                            success=ok, version=ep["version"], task=vector, trial_index=trial[a:b])
+                remote.call(self.replay, "add_episode", "online", obs[a:b], action[a:b],
+                            weight=self._weight(task, ok), success=ok, version=ep["version"], task=vector,
+                            trial_index=trial[a:b])
         self.episodes += 1
         self.successes += int(success)
         self.unstable += int(ts.info["physics_unstable"])
         return {"task": task.to_dict(), "success": success, "steps": n, "version": ep["version"],
                 "actor": self.actor_id, "unstable": bool(ts.info["physics_unstable"]),
                 "trial_successes": trial_success}
+
+    def _weight(self, task, success: bool) -> float:
+        """An online episode's (or trial's) training weight."""
+        return float(success) if self._baseline is None else self._baseline.weight(task, success)
 
     def close(self):
         for env in self.envs:

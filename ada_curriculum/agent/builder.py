@@ -177,7 +177,8 @@ class Builder:
                     env_name=self.env_name, num_envs=c.envs_per_actor, seed=c.seed * 100 + i,
                     variable_update_period=c.variable_update_period, env_kwargs=self.env_kwargs,
                     sampling=None if c.acting_inference_steps is None
-                    else {"num_inference_steps": c.acting_inference_steps})
+                    else {"num_inference_steps": c.acting_inference_steps},
+                    weighting=c.online_weighting)
 
     def make_actor(self, i: int, replay_address, variable_source, task_source) -> ActorWorker:
         return ActorWorker(**self.actor_args(i, replay_address, variable_source, task_source))

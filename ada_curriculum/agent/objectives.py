@@ -26,10 +26,13 @@ class SuccessWeightedBC:
         if policy.kind == "transformer":
             return self._sequences(policy, variables, batch, rng)
         is_demo = batch["is_demo"].astype(jnp.float32)
-        weight = is_demo * self.demo_weight + (1 - is_demo) * self.online_weight * batch["success"]
+        # An online window's "weight" is what the actor wrote: its episode's success, or with
+        # advantage weighting max(success - baseline(task), 0) (agent/baseline.py).
+        weight = is_demo * self.demo_weight + (1 - is_demo) * self.online_weight * batch["weight"]
         loss, metrics = policy.loss(variables, {**policy_inputs(policy, batch), "weight": weight}, rng)
         online = jnp.maximum((1 - is_demo).sum(), 1.0)
         return loss, {**metrics, "online_success_fraction": ((1 - is_demo) * batch["success"]).sum() / online,
+                      "online_mean_weight": ((1 - is_demo) * batch["weight"]).sum() / online,
                       "demo_fraction": is_demo.mean()}
 
     def _sequences(self, policy, variables, batch, rng):
