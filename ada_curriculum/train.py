@@ -395,6 +395,12 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
     optimizer = make_optimizer(cfg.optim)
     builder = Builder(cfg, policy)
     replay_layout = {"layout": builder.layout, "window": builder.window}
+    if builder.layout == "sequence" and cfg.replay.min_size_to_sample > 64:
+        import sys
+
+        print(f"warning: replay.min_size_to_sample={cfg.replay.min_size_to_sample} online windows are as many "
+              f"episodes (sequence windows of {builder.window} steps) before learning starts; consider "
+              "--replay.min-size-to-sample 16", file=sys.stderr)
     current = config_lib.to_dict(cfg)
 
     probe = Checkpointer(run_dir / "checkpoints")

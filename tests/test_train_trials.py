@@ -200,6 +200,10 @@ def test_transformer_train_with_trials_learns_evaluates_per_trial_and_resumes(mu
         resumed = train(tiny_transformer(run, multi_demos, pretrained, max_updates=12))
     assert resumed["updates"] >= 12 and resumed["env_steps"] > summary["env_steps"]
     assert resumed["replay"]["demo"]["size"] == summary["replay"]["demo"]["size"]  # restored, not reloaded
+    from ada_curriculum.pretrain import load_policy
+
+    policy, _, _, step = load_policy(run)  # what `eval --checkpoint RUN` and `--init RUN` load
+    assert policy.kind == "transformer" and policy.config.preset == "tiny" and step == resumed["updates"]
 
     # Incompatible configs are refused with one line naming the field, before anything is written.
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
