@@ -18,7 +18,7 @@ def test_estimate_is_half_before_any_episode():
 
 
 def test_estimate_follows_local_success_not_the_global_mean():
-    b = SuccessBaseline(bandwidth=0.05, prior=1.0)
+    b = SuccessBaseline(prior=1.0)
     easy, hard = _task(banana_yaw=0.0), _task(banana_yaw=2.0)
     for _ in range(20):
         b.record(easy, True)
@@ -30,19 +30,20 @@ def test_estimate_follows_local_success_not_the_global_mean():
 
 
 def test_estimate_matches_the_formula():
-    b = SuccessBaseline(dims=("banana_yaw",), bandwidth=0.1, prior=2.0)
+    b = SuccessBaseline(dims=("banana_yaw", "banana_x"), bandwidth=0.5, prior=2.0)
     yaws, wins = [0.0, 0.3, -0.4], [1, 0, 1]
     for y, w in zip(yaws, wins):
         b.record(_task(banana_yaw=y), bool(w))
     q = 0.2
-    u = (np.array(yaws) + np.pi) / (2 * np.pi)
-    k = np.exp(-0.5 * ((u - (q + np.pi) / (2 * np.pi)) / 0.1) ** 2)
+    # Distances in units of the recorded spread; banana_x never varied, so it adds nothing.
+    z = (np.array(yaws) - q) / np.std(yaws)
+    k = np.exp(-0.5 * (z / 0.5) ** 2)
     want = (k @ np.array(wins) + 2.0 * np.mean(wins)) / (k.sum() + 2.0)
-    assert b.estimate(_task(banana_yaw=q)) == pytest.approx(want, rel=1e-9)
+    assert b.estimate(_task(banana_yaw=q, banana_x=0.6)) == pytest.approx(want, rel=1e-9)
 
 
 def test_weight_is_the_clipped_advantage_and_records_the_result():
-    b = SuccessBaseline(bandwidth=0.05, prior=1.0)
+    b = SuccessBaseline(prior=1.0)
     task = envs.NOMINAL
     assert b.weight(task, False) == 0.0  # a failure never gets a negative weight
     # After one failure here (and a recent mean of 0), a success is worth the whole 1.
