@@ -21,7 +21,10 @@ CLI := $(VENV)/bin/ada-curriculum
 # RL on the `near` box around the demonstrated placement: the BC policy solves part of it, so
 # sparse reward has signal; a held-out evaluation at the start and every 400 updates shows the
 # change. Episodes are cut at 80 steps (the demos take ~55) so failures cost less acting time.
-TRAIN_ARGS ?= --tasks near --time-limit 80 --demo-fraction 0.25 --envs-per-actor 8 --max-minutes 10 --max-updates 100000 \
+# Actors sample with 5 DDIM steps: no measured loss in success, and the actor keeps up with
+# env-only stepping (bench/RESULTS.md, actor_throughput).
+TRAIN_ARGS ?= --tasks near --time-limit 80 --demo-fraction 0.25 --envs-per-actor 8 --acting-inference-steps 5 \
+	--max-minutes 10 --max-updates 100000 \
 	--eval-every 400 --eval-episodes 60
 
 PYTEST_ARGS ?=
