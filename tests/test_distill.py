@@ -200,7 +200,8 @@ def _normalizer(seed=0):
 def _window_batch(rng, n=16, horizon=8):
     return {"obs": rng.normal(size=(n, 2, OBS_DIM)).astype(np.float32),
             "action": rng.uniform(-1, 1, size=(n, horizon, ACTION_DIM)).astype(np.float32),
-            "is_demo": (np.arange(n) % 2).astype(np.float32), "success": np.ones(n, np.float32)}
+            "is_demo": (np.arange(n) % 2).astype(np.float32), "success": np.ones(n, np.float32),
+            "weight": np.ones(n, np.float32)}  # replay's per-window fields
 
 
 def _zero_objective(policy, variables, batch, rng):
