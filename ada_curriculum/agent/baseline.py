@@ -6,8 +6,9 @@ Nadaraya-Watson estimate over the actor's recent episodes (Gaussian kernel on th
 that change how hard a placement is), shrunk toward the recent mean success when few neighbours
 are near. Distances are in units of each dimension's spread over the recent episodes, so one
 bandwidth suits a narrow box (`near`) and the whole table alike (a rule-of-thumb bandwidth of
-about half a standard deviation per dimension for a few hundred points in five dimensions). It lives in the actor and is not checkpointed: it is
-a variance-reduction device that warms up again within a few dozen episodes.
+about half a standard deviation per dimension for a few hundred points in five dimensions).
+It lives in the actor and is not checkpointed: it is a variance-reduction device that warms up
+again within a few dozen episodes.
 """
 
 from __future__ import annotations
