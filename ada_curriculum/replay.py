@@ -24,13 +24,18 @@ so failed trials stay in the context with weight 0.
 
 Tables: `demo` never evicts (adding past `demo_table_size` raises `ReplayFullError`) and
 only needs one item to sample; `online` evicts FIFO and is rate limited so each online
-window is sampled about `samples_per_insert` times.
+window is sampled about `samples_per_insert` times on average. With
+`online_sampler="weight"` the online table samples each window in proportion to its training
+weight (self-imitation learning's prioritised replay): windows of failed episodes (weight 0)
+are not drawn at all once any window has a positive weight, so the whole online share of a
+batch is spent on the windows the objective learns from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import reverb
@@ -77,6 +82,12 @@ class ReplayConfig:
     # default ratio, a few dozen episodes) before their add_episode blocks. Too small makes
     # actors and learner run in lockstep; too large lets the ratio drift.
     error_buffer: float = 4096.0
+    # "uniform", or "weight": sample online windows in proportion to their weight (see the module
+    # docstring). With binary success weights and the objective's self-normalised loss, this gives
+    # the same expected update as uniform sampling, but from success windows only: at 30% success
+    # a uniform batch spends 70% of its online windows on weight-0 failures.
+    online_sampler: Literal["uniform", "weight"] = dataclasses.field(default="uniform", metadata={
+        "help": "online windows drawn uniformly, or in proportion to their weight (prioritised self-imitation)"})
 
     def validate(self):
         for name in ("demo_table_size", "online_table_size", "min_size_to_sample"):
@@ -86,6 +97,8 @@ class ReplayConfig:
         if self.min_size_to_sample > self.online_table_size:
             raise ConfigError("min_size_to_sample", f"{self.min_size_to_sample} exceeds "
                               f"online_table_size {self.online_table_size}: sampling would never start")
+        if self.online_sampler not in ("uniform", "weight"):
+            raise ConfigError("online_sampler", f"expected 'uniform' or 'weight', got {self.online_sampler!r}")
         if not self.samples_per_insert > 0:
             raise ConfigError("samples_per_insert", f"expected > 0, got {self.samples_per_insert!r}")
         # Reverb's own bound: a smaller buffer can block inserts and samples for good.
@@ -209,11 +222,14 @@ class ReplayServer:
         online_limiter = reverb.rate_limiters.SampleToInsertRatio(
             samples_per_insert=config.samples_per_insert, min_size_to_sample=config.min_size_to_sample,
             error_buffer=config.error_buffer)
+        # Priority exponent 1: P(window) = weight / sum of weights.
+        online_sampler = (reverb.selectors.Prioritized(1.0) if config.online_sampler == "weight"
+                          else reverb.selectors.Uniform())
         tables = [
             reverb.Table(self.DEMO, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
                          max_size=config.demo_table_size, rate_limiter=reverb.rate_limiters.MinSize(1),
                          signature=signature),
-            reverb.Table(self.ONLINE, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
+            reverb.Table(self.ONLINE, sampler=online_sampler, remover=reverb.selectors.Fifo(),
                          max_size=config.online_table_size, rate_limiter=online_limiter, signature=signature),
         ]
         # Without a directory Reverb checkpoints into a fresh temp dir (nothing to restore,
@@ -243,6 +259,12 @@ class ReplayServer:
             (self.ONLINE, "error_buffer"): (infos[self.ONLINE].rate_limiter_info.max_diff - offset,
                                             config.error_buffer),
         }
+        sampler = infos[self.ONLINE].sampler_options.WhichOneof("distribution")
+        want_sampler = "prioritized" if config.online_sampler == "weight" else "uniform"
+        if sampler != want_sampler:
+            raise ConfigError("online_sampler", f"the checkpoint in the replay checkpoint_dir samples its online table "
+                              f"{sampler}, but the config asks for {config.online_sampler!r}; use a matching config "
+                              "or a new checkpoint_dir")
         for (table, field), (got, want) in expected.items():
             if not np.isclose(got, want):
                 raise ConfigError(field, f"the checkpoint in the replay checkpoint_dir has {got} for table "
@@ -346,6 +368,9 @@ class ReplayClient:
                      "version": np.int64(version), "task": task}
         steps = {k: [] for k in per_step}
         squeeze = [k not in ("obs", "action") for k in columns]
+        # Every window of the episode carries its weight: a prioritised table samples by it (a
+        # uniform one ignores priorities).
+        priority = max(float(weight), 0.0)
         writer = self._get_writer()._writer  # the C++ writer (the wrapper owns and closes it)
         try:
             for i, t in enumerate(idx):
@@ -360,7 +385,7 @@ class ReplayClient:
                     # Scalars come from the window's real step, which is `pad` steps into it.
                     item = [steps[k][-W:] if k in ("obs", "action") else [steps[k][pad - W]] if k in per_step
                             else [const_refs[k]] for k in columns]
-                    writer.CreateItem(table, 1.0, item, squeeze)
+                    writer.CreateItem(table, priority, item, squeeze)
                     if (i - W + 2) % _FLUSH_EVERY == 0:
                         # Keep the items in flight bounded (Reverb warns, and buffers, past ~50),
                         # rather than sending a whole episode's windows before one final flush.
@@ -399,7 +424,13 @@ class ReplayClient:
                 if i >= W - 1 and (T > W or i == len(idx) - 1):
                     item = [[steps[k][end]] if k == "trial" else steps[k][-W:] if k in rows else [const_refs[k]]
                             for k in columns]
-                    writer.CreateItem(table, 1.0, item, squeeze)
+                    # Priority: the window's share of weighted chunk entries (its loss mass),
+                    # for a table that samples by weight.
+                    lo = max(end - W + 1, 0)
+                    entries = rows["action_mask"][lo:end + 1]
+                    priority = max(float(constants["weight"]), 0.0) * float(
+                        rows["action_weight"][lo:end + 1].sum() / max(entries.sum(), 1))
+                    writer.CreateItem(table, priority, item, squeeze)
                     created += 1
                     if created % _FLUSH_EVERY == 0:
                         writer.Flush(_FLUSH_EVERY // 2, -1)

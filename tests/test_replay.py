@@ -206,9 +206,61 @@ def test_checkpoint_restores_tables(make_replay, tmp_path):
         make_replay(dataclasses.replace(config, online_table_size=16), checkpoint_dir=str(tmp_path))
 
 
+def test_weight_sampler_draws_windows_in_proportion_to_weight(make_replay):
+    """online_sampler="weight": failed episodes' windows (weight 0) are never drawn once a
+    positive weight is there, and windows of weights 1 and 3 come out about 1:3."""
+    server, client = make_replay(dataclasses.replace(LOOSE, online_sampler="weight"))
+    client.add_episode(ONLINE, **episode(6, version=0, weight=0.0))
+    client.add_episode(ONLINE, **episode(6, version=1, weight=1.0))
+    client.add_episode(ONLINE, **episode(6, version=2, weight=3.0))
+    versions = np.concatenate([client.sample(ONLINE, 200)["version"] for _ in range(4)])
+    assert 0 not in set(versions.tolist())
+    share = np.mean(versions == 2)
+    assert 0.68 < share < 0.82, share  # 0.75 expected; 800 draws give a standard error of 0.015
+
+    # The same episodes in a uniform table: failures are drawn as often as anything else.
+    _, uniform = make_replay()
+    for v, w in enumerate((0.0, 1.0, 3.0)):
+        uniform.add_episode(ONLINE, **episode(6, version=v, weight=w))
+    assert 0.2 < np.mean(uniform.sample(ONLINE, 600)["version"] == 0) < 0.47
+
+
+def test_weight_sampler_on_sequence_windows_skips_failed_trials_only_windows(tmp_path):
+    """Sequence layout: a window's priority is its share of weighted chunk entries, so windows
+    that hold only a failed trial's actions are not drawn while others are."""
+    config = dataclasses.replace(LOOSE, online_sampler="weight")
+    server = ReplayServer(config, OBS_DIM, ACTION_DIM, TASK_DIM, 3, layout="sequence", chunk=2,
+                          checkpoint_dir=str(tmp_path))
+    client = ReplayClient(server.address, 3, 1)
+    try:
+        T = 8
+        ep = episode(T)
+        trial = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+        # Trial 0 failed, trial 1 succeeded: windows ending at steps 2 and 3 hold only trial 0's actions.
+        client.add_episode(ONLINE, ep["obs"], ep["action"], weight=1.0, success=True, version=0, task=ep["task"],
+                           trial_index=trial, action_weight=np.where(trial == 1, 1.0, 0.0))
+        got = client.sample(ONLINE, 300)
+    finally:
+        client.close()
+        server.stop()
+    last_trial = got["trial"]
+    assert set(last_trial.tolist()) == {1}  # every drawn window reaches into the successful trial
+    assert got["action_weight"].sum(axis=(1, 2)).min() > 0
+
+
+def test_restore_refuses_a_changed_online_sampler(make_replay, tmp_path):
+    server, client = make_replay(checkpoint_dir=str(tmp_path))
+    client.add_episode(ONLINE, **episode(5))
+    client.checkpoint()
+    server.stop()
+    with pytest.raises(ConfigError, match="^online_sampler"):
+        make_replay(dataclasses.replace(LOOSE, online_sampler="weight"), checkpoint_dir=str(tmp_path))
+
+
 @pytest.mark.parametrize("field,value", [
     ("demo_table_size", 0), ("online_table_size", -5), ("min_size_to_sample", 0),
     ("min_size_to_sample", 2000), ("samples_per_insert", 0.0), ("error_buffer", 4.0),
+    ("online_sampler", "priority"),
 ])
 def test_config_validation_names_the_field(field, value):
     config = dataclasses.replace(LOOSE, **{"samples_per_insert": 8.0, field: value})
