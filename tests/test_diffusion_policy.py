@@ -320,9 +320,40 @@ def test_normaliser_covers_the_task_space_not_only_the_demos():
     assert abs(float(normalizer.normalize(narrow["obs"], far)[0, ty])) > 10
     wide = normalizer.fit(obs, action, obs_bounds=workspace_bounds())
     assert np.all(np.abs(np.asarray(normalizer.normalize(wide["obs"], far))[0, [tx, ty]]) <= 1.0 + 1e-6)
-    # Entries without known bounds keep the demos' range.
-    np.testing.assert_allclose(wide["obs"]["low"][:6], narrow["obs"]["low"][:6])
+    # Entries without known bounds (joints but the wrist's yaw) keep the demos' range.
+    np.testing.assert_allclose(wide["obs"]["low"][:5], narrow["obs"]["low"][:5])
     np.testing.assert_allclose(wide["action"]["low"], narrow["action"]["low"])
+
+
+def test_normaliser_covers_headings_the_task_space_produces():
+    # Nominal demos hold a banana at yaw 0 (quaternion z within a few hundredths) and a gripper
+    # that barely turns. A banana and gripper turned to any heading of the full space stay
+    # inside [-1, 1] with the workspace bounds; fitted on the demos alone, the near box's 27
+    # degrees already lands several times outside.
+    import envs
+    from ada_curriculum.policies.obs import OBS_KEYS, OBS_SIZES, workspace_bounds
+
+    rng = np.random.default_rng(0)
+    offset = {k: sum(OBS_SIZES[j] for j in OBS_KEYS[:i]) for i, k in enumerate(OBS_KEYS)}
+    q, e, wrist = offset["banana_quat"], offset["ee_yaw"], offset["joint_pos"] + 5
+    obs = rng.uniform(-0.02, 0.02, (200, OBS_DIM))
+    obs[:, q] = 1.0
+    obs[:, e] = 1.0
+    action = rng.uniform(-1, 1, (200, ACTION_DIM))
+    narrow = normalizer.fit(obs, action)
+    wide = normalizer.fit(obs, action, obs_bounds=workspace_bounds())
+    near_yaw = envs.near_space()["banana_yaw"].high
+    for yaw in (near_yaw, -near_yaw, envs.FULL["banana_yaw"].low, envs.FULL["banana_yaw"].high, 2.0):
+        turned = obs[:1].copy()
+        turned[0, q:q + 4] = np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)
+        grip = float(np.clip(yaw, -2.4, 2.4))  # the env's commanded-yaw limit
+        turned[0, e:e + 2] = np.cos(grip), np.sin(grip)
+        turned[0, wrist] = grip
+        got = np.asarray(normalizer.normalize(wide["obs"], turned))[0, [q, q + 3, e, e + 1, wrist]]
+        assert np.all(np.abs(got) <= 1.0 + 1e-6), (yaw, got)
+    turned = obs[:1].copy()
+    turned[0, q + 3] = np.sin(near_yaw / 2)
+    assert abs(float(normalizer.normalize(narrow["obs"], turned)[0, q + 3])) > 5
 
 
 def test_binarize_gripper_snaps_only_the_gripper_command():

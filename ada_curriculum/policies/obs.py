@@ -52,19 +52,35 @@ def workspace_bounds() -> tuple[np.ndarray, np.ndarray]:
     """Per observation entry, the (low, high) the task space can produce; NaN where unknown.
 
     Positions on the table (banana, plate, end effector in x/y) span the full task space's
-    placement box. The normaliser takes these in, so a policy fitted on demos of one placement
-    still sees every later placement inside [-1, 1]: a normaliser fitted on the demos alone maps
-    a plate 4 cm off the demo's to 4x its training range, and neither BC nor RL transfers.
+    placement box, and orientations span the headings it can produce: the banana's yaw (its
+    quaternion's w and z; a banana lying flat has x = y = 0) and the gripper's (`ee_yaw` as
+    cos/sin, and the wrist-yaw joint that turns it, up to the env's commanded-yaw limit). The
+    normaliser takes these in, so a policy fitted on demos of one placement still sees every
+    later placement inside [-1, 1]: fitted on the demos alone, a plate 4 cm off the demo's maps to
+    4x its training range, and a banana turned by 27 degrees (the `near` box) to 9x, since
+    nominal demos only hold the few degrees the banana turns while it is carried.
     """
     import envs
+    from envs.banana_place import MAX_YAW
 
     full = envs.FULL
     x = (min(full["banana_x"].low, full["target_x"].low), max(full["banana_x"].high, full["target_x"].high))
     y = (min(full["banana_y"].low, full["target_y"].low), max(full["banana_y"].high, full["target_y"].high))
+    half_yaw = np.array([full["banana_yaw"].low, full["banana_yaw"].high]) / 2
     low, high = np.full(OBS_DIM, np.nan), np.full(OBS_DIM, np.nan)
-    start = 0
+    start = {}
     for k in OBS_KEYS:
-        if k in ("ee_pos", "banana_pos", "target_pos"):
-            low[start:start + 2], high[start:start + 2] = (x[0], y[0]), (x[1], y[1])
-        start += OBS_SIZES[k]
+        start[k] = sum(OBS_SIZES[j] for j in OBS_KEYS[: OBS_KEYS.index(k)])
+    for k in ("ee_pos", "banana_pos", "target_pos"):
+        low[start[k]:start[k] + 2], high[start[k]:start[k] + 2] = (x[0], y[0]), (x[1], y[1])
+    # Banana quaternion (w, x, y, z) for yaw in the space: w = cos(yaw/2), z = sin(yaw/2).
+    q = start["banana_quat"]
+    low[q], high[q] = np.cos(np.abs(half_yaw).max()), 1.0
+    low[q + 3], high[q + 3] = np.sin(half_yaw[0]), np.sin(half_yaw[1])
+    # Gripper heading, which the env keeps within +-MAX_YAW: cos/sin, and the wrist-yaw joint (the
+    # arm's last joint) that realises it.
+    e = start["ee_yaw"]
+    low[e:e + 2], high[e:e + 2] = (np.cos(MAX_YAW), -1.0), (1.0, 1.0)
+    wrist_yaw = start["joint_pos"] + 5
+    low[wrist_yaw], high[wrist_yaw] = -MAX_YAW, MAX_YAW
     return low, high
