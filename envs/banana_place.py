@@ -21,7 +21,7 @@ import numpy as np
 from dm_env import specs
 
 from envs import ik, scene
-from envs.task_space import FULL, NOMINAL, TaskError, TaskParams, TaskSpace, near_space, nominal_space
+from envs.task_space import FULL, TaskError, TaskParams, TaskSpace, near_space, nominal_space
 
 # Action scaling: a unit action moves the commanded pose this far in one control step.
 MAX_DELTA_POS = 0.04

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import mujoco
-import numpy as np
 
 MAX_DISTRACTORS = 3
 

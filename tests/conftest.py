@@ -48,9 +48,18 @@ def jax_compile_cache(path: str):
 @pytest.fixture(scope="session")
 def compile_cache_dir(request, tmp_path_factory) -> str:
     """Where `jax_compile_cache` keeps compiled tiny runs: pytest's cache dir (kept across
-    sessions; `make clean` removes it), the same one test_fault_tolerance uses."""
+    sessions; `make clean` removes it)."""
     cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`
     return str(cache.mkdir("jax-compile-cache") if cache else tmp_path_factory.mktemp("jax-cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(compile_cache_dir):
+    """One persistent XLA cache for the whole session: in process, in CLI subprocesses and in
+    the Ray workers a test starts (they inherit the environment). Most tests jit the same tiny
+    policies, and compiling them again is most of a short run's time."""
+    with jax_compile_cache(compile_cache_dir) as path:
+        yield path
 
 
 # real_run's distillation: generation 0 (U-Net 16x32) for 4 updates, then a 32x64 student

@@ -19,18 +19,10 @@ from ada_curriculum.agent.task_source import TaskSource
 from ada_curriculum.checkpointing import Checkpointer
 from ada_curriculum.cli import main
 from ada_curriculum.train import TrainConfig, train
-from conftest import jax_compile_cache
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "ada_curriculum.cli", "train"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(compile_cache_dir):
-    """A persistent XLA cache for this module's runs (in process, CLI subprocesses, Ray workers):
-    every run jits the same tiny policy, and compiling it again is most of a short run's time."""
-    with jax_compile_cache(compile_cache_dir) as path:
-        yield path
 
 
 def settings(run, demos, **kw) -> dict:

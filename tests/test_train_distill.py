@@ -2,7 +2,6 @@
 tiny generations: U-Net widths 16x32 then 32x64), kickstarts the student, hands acting over,
 checkpoints the stage and resumes it."""
 
-import json
 import shutil
 
 import pytest
@@ -13,18 +12,12 @@ from ada_curriculum.cli import main
 from ada_curriculum.distill import DistillConfig, kickstart_weight
 from ada_curriculum.metrics_store import MetricsReader
 from ada_curriculum.train import train
-from conftest import jax_compile_cache
 from test_train import rows_all, tiny
 
 # Switch at update 8; weight 2 for 4 updates, then linearly to 0 over 8 (0 from update 20).
 DISTILL = {"enabled": True, "generations": ["small", "base"], "down_dims": ["16x32", "32x64"],
            "switch_every_updates": 8, "weight": 2.0, "constant_updates": 4, "anneal_updates": 8}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(compile_cache_dir):
-    with jax_compile_cache(compile_cache_dir):
-        yield
 
 
 def distilled(run, demos, **kw):

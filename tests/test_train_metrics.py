@@ -14,7 +14,7 @@ from ada_curriculum.config import ConfigError
 from ada_curriculum.curriculum.metrics import success_grids
 from ada_curriculum.metrics_store import MetricsReader
 from ada_curriculum.train import TrainConfig, _start_dashboard, train
-from conftest import REAL_RUN_DISTILL, jax_compile_cache
+from conftest import REAL_RUN_DISTILL
 from test_train import tiny
 
 CURVES = ("loss", "grad_norm", "clipped", "clip_count", "learner/updates_per_s", "actors/env_steps_per_s",
@@ -22,11 +22,6 @@ CURVES = ("loss", "grad_norm", "clipped", "clip_count", "learner/updates_per_s",
           "eval/success_rate", *(f"replay/{t}/{k}" for t in ("demo", "online")
                                  for k in ("size", "max_size", "inserts_per_s", "samples_per_s")))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(compile_cache_dir):
-    with jax_compile_cache(compile_cache_dir):
-        yield
 
 
 def steps_of(reader, name):

@@ -6,8 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import jax_compile_cache
-
 from ada_curriculum import config as config_lib
 from ada_curriculum.train import TrainConfig, train
 
@@ -26,15 +24,14 @@ def multi_demos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pretrained(multi_demos, tmp_path_factory, compile_cache_dir):
+def pretrained(multi_demos, tmp_path_factory):
     """A tiny transformer BC run on the 2-trial demos (a few updates: the plumbing is under test)."""
     from ada_curriculum.cli import main
 
     out = tmp_path_factory.mktemp("bc") / "run"
-    with jax_compile_cache(compile_cache_dir):
-        assert main(["pretrain", "--policy", "transformer", "--demos", multi_demos, "--out", str(out),
-                     "--transformer.preset", "tiny", "--transformer.max-trials", "2", "--updates", "2",
-                     "--batch-size", "2", "--log-every", "1"]) == 0
+    assert main(["pretrain", "--policy", "transformer", "--demos", multi_demos, "--out", str(out),
+                 "--transformer.preset", "tiny", "--transformer.max-trials", "2", "--updates", "2",
+                 "--batch-size", "2", "--log-every", "1"]) == 0
     return str(out)
 
 
@@ -125,7 +122,7 @@ def test_trial_action_weights():
     assert trial_spans(trial) == [(0, 0, 3), (1, 3, 5), (2, 5, 6)]
 
 
-def test_actor_writes_multi_trial_episodes_with_trial_success(tmp_path, compile_cache_dir):
+def test_actor_writes_multi_trial_episodes_with_trial_success(tmp_path):
     """A transformer actor in the 2-trial env: results carry each trial's success, and replay
     holds whole episodes whose per-action weights are those successes."""
     import jax
@@ -146,10 +143,9 @@ def test_actor_writes_multi_trial_episodes_with_trial_success(tmp_path, compile_
                                      2 * limit, layout="sequence", chunk=policy.n_action_steps)
     try:
         client = replay_lib.ReplayClient(server.address, window=2 * limit, n_obs_steps=1)
-        with jax_compile_cache(compile_cache_dir):
-            actor = Actor(0, policy, client, source, TaskSource("nominal"), env_name="banana-place-multi",
-                          num_envs=2, env_kwargs={"trials": 2, "time_limit": limit})
-            out = actor.run(2 * limit)
+        actor = Actor(0, policy, client, source, TaskSource("nominal"), env_name="banana-place-multi",
+                      num_envs=2, env_kwargs={"trials": 2, "time_limit": limit})
+        out = actor.run(2 * limit)
         actor.close()
         assert out["episodes"] == 2
         for r in out["results"]:
@@ -166,14 +162,12 @@ def test_actor_writes_multi_trial_episodes_with_trial_success(tmp_path, compile_
     np.testing.assert_array_equal(batch["action_weight"][0].max(axis=1), want)
 
 
-def test_transformer_train_with_trials_learns_evaluates_per_trial_and_resumes(multi_demos, pretrained, tmp_path,
-                                                                              compile_cache_dir):
+def test_transformer_train_with_trials_learns_evaluates_per_trial_and_resumes(multi_demos, pretrained, tmp_path):
     from ada_curriculum.checkpointing import Checkpointer, CheckpointError
     from ada_curriculum.metrics_store import MetricsReader
 
     run = tmp_path / "run"
-    with jax_compile_cache(compile_cache_dir):
-        summary = train(tiny_transformer(run, multi_demos, pretrained, eval_every=8, eval_episodes=2))
+    summary = train(tiny_transformer(run, multi_demos, pretrained, eval_every=8, eval_episodes=2))
     assert summary["stopped_by"] == "max_updates" and summary["version"] >= 8
     assert summary["trials"] == 2 and len(summary["recent_success_per_trial"]) == 2
     online = summary["replay"]["online"]
@@ -196,8 +190,7 @@ def test_transformer_train_with_trials_learns_evaluates_per_trial_and_resumes(mu
     assert meta["config"]["policy"] == "transformer" and meta["config"]["trials"] == 2
     assert meta["replay_layout"] == {"layout": "sequence", "window": 24}  # 2 trials x 12 steps
 
-    with jax_compile_cache(compile_cache_dir):
-        resumed = train(tiny_transformer(run, multi_demos, pretrained, max_updates=12))
+    resumed = train(tiny_transformer(run, multi_demos, pretrained, max_updates=12))
     assert resumed["updates"] >= 12 and resumed["env_steps"] > summary["env_steps"]
     assert resumed["replay"]["demo"]["size"] == summary["replay"]["demo"]["size"]  # restored, not reloaded
     from ada_curriculum.pretrain import load_policy
@@ -215,13 +208,12 @@ def test_transformer_train_with_trials_learns_evaluates_per_trial_and_resumes(mu
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
 
-def test_diffusion_with_trials_writes_each_trial_and_evaluates_per_trial(demos, tmp_path, compile_cache_dir):
+def test_diffusion_with_trials_writes_each_trial_and_evaluates_per_trial(demos, tmp_path):
     from test_train import tiny
 
     run = tmp_path / "run"
-    with jax_compile_cache(compile_cache_dir):
-        summary = train(tiny(run, demos, distributed=False, trials=2, time_limit=6, max_updates=4,
-                             eval_every=4, eval_episodes=1))
+    summary = train(tiny(run, demos, distributed=False, trials=2, time_limit=6, max_updates=4,
+                         eval_every=4, eval_episodes=1))
     assert summary["trials"] == 2 and len(summary["eval"]["success_per_trial"]) == 2
     # One diffusion window per step: each trial was written as an episode of its own.
     assert summary["replay"]["online"]["num_inserts"] % 6 == 0 and summary["replay"]["online"]["num_samples"] > 0
@@ -251,14 +243,13 @@ def test_init_of_another_policy_kind_is_refused(demos, pretrained, tmp_path):
         train(tiny(tmp_path / "run", demos, distributed=False, init=pretrained))
 
 
-def test_transformer_trials_on_local_ray(multi_demos, pretrained, tmp_path, compile_cache_dir):
+def test_transformer_trials_on_local_ray(multi_demos, pretrained, tmp_path):
     ray = pytest.importorskip("ray")
     run = tmp_path / "run"
-    with jax_compile_cache(compile_cache_dir):
-        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-        try:
-            summary = train(tiny_transformer(run, multi_demos, pretrained, distributed=True, max_updates=8))
-        finally:
-            ray.shutdown()
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = train(tiny_transformer(run, multi_demos, pretrained, distributed=True, max_updates=8))
+    finally:
+        ray.shutdown()
     assert summary["stopped_by"] == "max_updates" and summary["version"] >= 8
     assert summary["replay"]["online"]["size"] > 0 and summary["episodes"] > 0

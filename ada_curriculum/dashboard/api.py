@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 from urllib.parse import parse_qs, quote
 
 from ada_curriculum.dashboard.runs import RequestError, Run, RunIndex
