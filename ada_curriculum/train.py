@@ -47,7 +47,7 @@ from ada_curriculum.policies.obs import workspace_bounds
 from ada_curriculum.policies.diffusion import DiffusionConfig
 from ada_curriculum.policies.transformer import TransformerConfig
 from ada_curriculum.pretrain import _StopFlag, load_policy, state_template
-from ada_curriculum.replay import ReplayConfig
+from ada_curriculum.replay import ReplayConfig, ReplayServer
 
 log = logging.getLogger(__name__)
 
@@ -533,6 +533,7 @@ class _Run:
         self._metrics_file = (run_dir / "metrics.jsonl").open("a")
         self._recent: list[bool] = []
         self._recent_trials: list[list[bool]] = []  # per-trial outcomes of the same episodes
+        self._online_sampleable = False  # in process: see _online_ready
         from ada_curriculum.agent.run_metrics import EmbeddingProbe, RunMetrics
 
         probe = None
@@ -788,11 +789,23 @@ class _Run:
         while True:
             for actor in self.actors:
                 self._absorb_actor(actor.run(self.cfg.actor_steps_per_call))
-            self._absorb_learner(self.learner.step(self.cfg.updates_per_call))
+            if self._online_ready():
+                self._absorb_learner(self.learner.step(self.cfg.updates_per_call))
             self._absorb_eval()
             reason = stop.stopped or self._budget_reached()
             if reason:
                 return reason
+
+    def _online_ready(self) -> bool:
+        """In process: whether the online table can be sampled yet. Acting and learning share one
+        thread here, so a learner step before the table holds `min_size_to_sample` windows could
+        only wait out the stall timeout for data that only this loop's acting can make (the first
+        episodes of a run, while none has finished); until then the loop keeps acting."""
+        if self._online_sampleable or self.cfg.demo_fraction >= 1.0:
+            return True
+        size = self.client.info()[ReplayServer.ONLINE]["size"]
+        self._online_sampleable = size >= self.cfg.replay.min_size_to_sample
+        return self._online_sampleable
 
     def _loop_distributed(self, stop) -> str:
         import ray

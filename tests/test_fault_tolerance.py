@@ -178,17 +178,41 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(demos, tmp_p
 # -- a starved learner ------------------------------------------------------------------------------
 
 def test_learner_stall_is_reported_and_the_run_still_ends_on_budget(demos, tmp_path, caplog):
-    # No demos in batches and an online table that cannot fill in time: replay never yields a batch.
-    cfg = tiny(tmp_path / "run", demos, distributed=False, demo_fraction=0.0, stall_timeout=1.0,
-               max_updates=1000, max_minutes=0.15, replay={"min_size_to_sample": 50_000})
-    with caplog.at_level(logging.WARNING):
-        summary = in_thread(lambda: train(cfg), timeout=180)
+    # No demos in batches and an online table that cannot fill in time: replay never yields a
+    # batch. On Ray, where the learner waits on replay while the actors act (in process, the loop
+    # keeps acting until the online table can be sampled; see the next test).
+    ray = pytest.importorskip("ray")
+    cfg = tiny(tmp_path / "run", demos, distributed=True, demo_fraction=0.0, stall_timeout=1.0,
+               max_updates=1000, max_minutes=0.25, replay={"min_size_to_sample": 50_000})
+
+    def learner_up(run):
+        # The budget's clock starts after this: the learner and actors are built before it runs.
+        ray.get([run.learner.version.remote(), *(a.ping.remote() for a in run.actors)])
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        with caplog.at_level(logging.WARNING):
+            summary = in_thread(lambda: train(cfg, on_start=learner_up), timeout=240)
+    finally:
+        ray.shutdown()
     assert summary["stopped_by"] == "max_minutes"
     assert summary["learner_stalls"] >= 1 and summary["updates"] == 0
     assert summary["env_steps"] > 0 and summary["replay"]["online"]["size"] > 0  # acting went on
     assert any("no replay batch within 1 s" in r.getMessage() for r in caplog.records)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(r["updates_done"] == 0 for r in rows)
+
+
+def test_in_process_learning_waits_for_the_online_table_without_stalling(demos, tmp_path):
+    # Episodes of 15 steps, 4 steps per acting call: the first calls finish no episode, so the
+    # online table is empty. In process the learner must not wait out the stall timeout (which
+    # only this thread's acting could end): the loop acts until the table can be sampled.
+    cfg = tiny(tmp_path / "run", demos, distributed=False, actor_steps_per_call=4, stall_timeout=600.0,
+               max_updates=8, max_minutes=4.0, replay={"min_size_to_sample": 40})
+    summary = in_thread(lambda: train(cfg), timeout=240)
+    assert summary["stopped_by"] == "max_updates" and summary["learner_stalls"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["updates_done"] > 0 and rows[0]["episodes"] >= 3  # learning began once 40 windows were in
 
 
 # -- a killed or stopped training process -----------------------------------------------------------
