@@ -248,6 +248,9 @@ class EvalConfig:
         default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "diffusion only: sample deliberately worse (0 = best)"})
     num_inference_steps: Optional[int] = dataclasses.field(
         default=None, metadata={"min": 1, "help": "diffusion only: DDIM steps (none: the policy's own)"})
+    memory: Literal["episode", "trial"] = dataclasses.field(default="episode", metadata={
+        "help": "what the policy's context keeps when a trial starts: the whole episode, or only the new trial "
+                "(an ablation for multi-trial episodes: the trial index without the earlier attempts)"})
     out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output dir (default RUN/eval-TASKS)"})
 
 
@@ -274,7 +277,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
                                                      f"(= {policy.config.num_train_timesteps})")
         sampling = {"num_inference_steps": cfg.num_inference_steps}
     default_name = f"eval-{cfg.tasks}" + (f"-{cfg.env}" if cfg.env != "banana-place" else "") + (
-        f"-k{cfg.trials}" if cfg.trials else "")
+        f"-k{cfg.trials}" if cfg.trials else "") + ("-trial-memory" if cfg.memory == "trial" else "")
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / default_name
     out.mkdir(parents=True, exist_ok=True)
     env_kwargs = {k: v for k, v in (("trials", cfg.trials), ("time_limit", cfg.time_limit)) if v is not None}
@@ -284,7 +287,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
         plan = evaluate.episode_plan(cfg.tasks, cfg.episodes, seed)
         results = evaluate.rollout(
             policy, variables, plan, env_name=cfg.env, num_envs=cfg.num_envs, seed=seed, env_kwargs=env_kwargs,
-            video_episodes=cfg.videos, video_dir=out / f"videos-seed{seed}", sampling=sampling)
+            video_episodes=cfg.videos, video_dir=out / f"videos-seed{seed}", sampling=sampling, memory=cfg.memory)
         per_seed[str(seed)] = evaluate.summarize(results)
         all_results += results
         print(f"seed {seed}: success {per_seed[str(seed)]['success_rate']:.2f} "
@@ -292,7 +295,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     rates = [r["success_rate"] for r in per_seed.values()]
     summary = {
         "checkpoint": cfg.checkpoint, "step": step, "policy": policy.kind, "tasks": cfg.tasks, "env": cfg.env,
-        "sampling": sampling, "ema": cfg.ema, **evaluate.summarize(all_results),
+        "sampling": sampling, "ema": cfg.ema, "memory": cfg.memory, **evaluate.summarize(all_results),
         "success_rate_per_seed": rates, "success_rate_seed_mean": float(np.mean(rates)),
         "success_rate_seed_std": float(np.std(rates)), "per_seed": per_seed,
         "seconds": round(time.perf_counter() - start, 1),

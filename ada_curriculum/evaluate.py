@@ -72,10 +72,12 @@ class EpisodeResult:
 def rollout(policy, variables, plan: Sequence[tuple], env_name: str = "banana-place", num_envs: int = 8,
             seed: int = 0, env_kwargs: dict | None = None, video_episodes: int = 0, video_dir: Path | None = None,
             sampling: dict | None = None, trial_sampling: Sequence[dict] | None = None,
-            on_episode: Callable[[int, EpisodeResult, Episode], None] | None = None) -> list[EpisodeResult]:
+            on_episode: Callable[[int, EpisodeResult, Episode], None] | None = None,
+            memory: str = "episode") -> list[EpisodeResult]:
     """Run every (task, seed) of `plan` with `num_envs` envs stepped in lockstep.
 
-    `trial_sampling`: sampling arguments per trial index (see `PolicyRunner`). `on_episode`:
+    `trial_sampling`: sampling arguments per trial index, `memory`: what the context keeps across
+    trials (see `PolicyRunner`). `on_episode`:
     every episode is also recorded (observations, actions, rewards) and passed, as an
     `episode_store.Episode` with per-trial success and steps in its `meta`, to
     `on_episode(plan_index, result, episode)` as soon as it ends (in the order episodes end).
@@ -83,7 +85,8 @@ def rollout(policy, variables, plan: Sequence[tuple], env_name: str = "banana-pl
     env_kwargs = dict(env_kwargs or {})
     num_envs = max(1, min(num_envs, len(plan)))
     pool = [envs.make(env_name, tasks="full", seed=seed + j, **env_kwargs) for j in range(num_envs)]
-    runner = PolicyRunner(policy, variables, num_envs, seed=seed, trial_sampling=trial_sampling, **(sampling or {}))
+    runner = PolicyRunner(policy, variables, num_envs, seed=seed, trial_sampling=trial_sampling, memory=memory,
+                          **(sampling or {}))
     recorders = [EpisodeRecorder() for _ in range(num_envs)] if on_episode is not None else None
     results: list[EpisodeResult | None] = [None] * len(plan)
     next_ep = 0

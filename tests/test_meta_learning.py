@@ -214,6 +214,35 @@ def test_schedule_degrades_first_trial_more_than_last(diffusion_run):
     assert len(runner._queue[1]) == policy.n_action_steps - 3  # still trial 1: kept its plan
 
 
+def test_trial_memory_keeps_the_trial_index_but_drops_earlier_trials():
+    """memory="trial" (the context ablation): at a new trial, the policy sees that trial's index
+    and nothing of the earlier attempt, exactly as an episode that starts in that trial; with
+    memory="episode" the earlier trial stays in the context and changes the plan."""
+    from ada_curriculum.policies.transformer import TransformerConfig, TransformerPolicy
+
+    policy = TransformerPolicy(TransformerConfig(preset="tiny", max_trials=K))
+    variables = policy.init(jax.random.PRNGKey(0), normalizer.identity(OBS_DIM, ACTION_DIM))
+    env = envs.make("banana-place-multi", tasks="nominal", seed=0, trials=K)
+    ts = env.reset()
+    first_trial = []
+    for _ in range(policy.n_action_steps + 3):  # replans once, mid-trial
+        first_trial.append(ts.observation)
+        ts = env.step(np.zeros(ACTION_DIM))
+    new_trial = dict(ts.observation, trial_index=np.array(1, np.int32))
+
+    def plan(memory, observations):
+        runner = PolicyRunner(policy, variables, 1, seed=0, memory=memory)
+        for obs in observations:
+            action = runner.act([obs])[0]
+        return np.concatenate([action[None], np.stack(list(runner._queue[0]))])
+
+    fresh = plan("episode", [new_trial])  # an episode that starts in trial 1
+    np.testing.assert_allclose(plan("trial", [*first_trial, new_trial]), fresh, atol=1e-6)
+    assert not np.allclose(plan("episode", [*first_trial, new_trial]), fresh, atol=1e-4)
+    with pytest.raises(ValueError, match="^memory"):
+        PolicyRunner(policy, variables, 1, memory="none")
+
+
 def test_transformer_pretrains_on_multi_trial_store_and_evaluates_per_trial(demos, tmp_path, capsys):
     run = tmp_path / "transformer"
     assert main(["pretrain", "--policy", "transformer", "--demos", str(demos), "--out", str(run), "--updates", "4",
@@ -238,7 +267,13 @@ def test_transformer_pretrains_on_multi_trial_store_and_evaluates_per_trial(demo
     per_trial = result["success_per_trial"]
     assert len(per_trial) == K + 1 and len(result["success_per_trial_ci95"]) == K + 1
     assert result["last_vs_first_trial"] == pytest.approx(per_trial[-1] - per_trial[0])
-    assert result["last_vs_first_trial_counts"]["episodes"] == 2
+    assert result["last_vs_first_trial_counts"]["episodes"] == 2 and result["memory"] == "episode"
+    # The context ablation runs through the same command and says so in its summary.
+    assert main(["eval", "--checkpoint", str(run), "--env", "banana-place-multi", "--trials", str(K),
+                 "--tasks", "full", "--episodes", "2", "--seeds", "0", "--num-envs", "2", "--time-limit", "3",
+                 "--memory", "trial"]) == 0
+    ablation = json.loads((run / f"eval-full-banana-place-multi-k{K}-trial-memory" / "summary.json").read_text())
+    assert ablation["memory"] == "trial" and len(ablation["success_per_trial"]) == K
 
     # Degraded collection needs a diffusion policy.
     assert main(["collect", "--policy-run", str(run), "--out", str(tmp_path / "m")]) == 2

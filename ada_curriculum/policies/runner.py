@@ -10,6 +10,10 @@ When a trial ends (the observation's `trial_index` changes) the actions still qu
 old trial are dropped and the env replans from the new trial's first observation: the scene
 has been reset, so the rest of a chunk planned for the old one is meaningless there.
 
+`memory="trial"` clears an env's history at each new trial, so a sequence policy sees the new
+trial's index but none of the earlier attempts: the ablation that tells learning from the
+context apart from conditioning on the trial index (`eval --memory trial`).
+
 `trial_sampling` gives each trial index its own sampling arguments (the last entry serves every
 later trial), e.g. a diffusion policy sampled more degraded in early trials than in late ones
 (meta-learning data, see `degradation_schedule`). Rows that replan at once but sit in trials
@@ -33,6 +37,10 @@ import jax
 import numpy as np
 
 from ada_curriculum.policies.obs import flatten_obs
+
+
+# What an env's context keeps when a new trial starts: the whole episode, or the new trial only.
+MEMORY = ("episode", "trial")
 
 
 def degradation_schedule(start: float, end: float, trials: int) -> list[float]:
@@ -79,8 +87,10 @@ def _predict_fn(policy, sampling: tuple):
 
 class PolicyRunner:
     def __init__(self, policy, variables, num_envs: int, seed: int = 0,
-                 trial_sampling: Sequence[dict] | None = None, **sampling):
-        self.policy, self.num_envs = policy, num_envs
+                 trial_sampling: Sequence[dict] | None = None, memory: str = "episode", **sampling):
+        if memory not in MEMORY:
+            raise ValueError(f"memory: expected one of {', '.join(MEMORY)}, got {memory!r}")
+        self.policy, self.num_envs, self.memory = policy, num_envs, memory
         self.variables = variables
         self._rng = jax.random.PRNGKey(seed)
         # One sampling setting per trial index (the last one for every later trial), each with
@@ -146,6 +156,10 @@ class PolicyRunner:
             trial = int(np.asarray(obs.get("trial_index", 0)))
             if self._trial[j] and self._trial[j][-1] != trial:
                 self._queue[j].clear()  # a new trial: the old trial's plan no longer applies
+                if self.memory == "trial":
+                    for history in (self._obs[j], self._prev[j], self._trial[j]):
+                        history.clear()
+                    self._last_action[j] = np.zeros(self.policy.action_dim, np.float32)
             self._obs[j].append(flatten_obs(obs))
             self._prev[j].append(self._last_action[j])
             self._trial[j].append(trial)
