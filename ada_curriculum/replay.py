@@ -83,9 +83,10 @@ class ReplayConfig:
     # actors and learner run in lockstep; too large lets the ratio drift.
     error_buffer: float = 4096.0
     # "uniform", or "weight": sample online windows in proportion to their weight (see the module
-    # docstring). With binary success weights and the objective's self-normalised loss, this gives
-    # the same expected update as uniform sampling, but from success windows only: at 30% success
-    # a uniform batch spends 70% of its online windows on weight-0 failures.
+    # docstring). With binary success weights the online part of the loss still averages over
+    # successes, but a batch holds about 1 / success-rate times as many of them (at 30% success a
+    # uniform batch spends 70% of its online windows on weight-0 failures), so online windows
+    # also weigh more against the demo windows.
     online_sampler: Literal["uniform", "weight"] = dataclasses.field(default="uniform", metadata={
         "help": "online windows drawn uniformly, or in proportion to their weight (prioritised self-imitation)"})
 

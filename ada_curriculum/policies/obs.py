@@ -68,9 +68,7 @@ def workspace_bounds() -> tuple[np.ndarray, np.ndarray]:
     y = (min(full["banana_y"].low, full["target_y"].low), max(full["banana_y"].high, full["target_y"].high))
     half_yaw = np.array([full["banana_yaw"].low, full["banana_yaw"].high]) / 2
     low, high = np.full(OBS_DIM, np.nan), np.full(OBS_DIM, np.nan)
-    start = {}
-    for k in OBS_KEYS:
-        start[k] = sum(OBS_SIZES[j] for j in OBS_KEYS[: OBS_KEYS.index(k)])
+    start = dict(zip(OBS_KEYS, np.cumsum([0] + [OBS_SIZES[k] for k in OBS_KEYS[:-1]]).tolist()))
     for k in ("ee_pos", "banana_pos", "target_pos"):
         low[start[k]:start[k] + 2], high[start[k]:start[k] + 2] = (x[0], y[0]), (x[1], y[1])
     # Banana quaternion (w, x, y, z) for yaw in the space: w = cos(yaw/2), z = sin(yaw/2).
