@@ -248,6 +248,9 @@ class EvalConfig:
         default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "diffusion only: sample deliberately worse (0 = best)"})
     num_inference_steps: Optional[int] = dataclasses.field(
         default=None, metadata={"min": 1, "help": "diffusion only: DDIM steps (none: the policy's own)"})
+    num_candidates: Optional[int] = dataclasses.field(default=None, metadata={
+        "min": 1, "help": "diffusion with a success critic: chunks sampled per replan, the critic's best executed "
+                          "(1: the denoiser alone; none: the policy's own)"})
     memory: Literal["episode", "trial"] = dataclasses.field(default="episode", metadata={
         "help": "what the policy's context keeps when a trial starts: the whole episode, or only the new trial "
                 "(an ablation for multi-trial episodes: the trial index without the earlier attempts)"})
@@ -276,8 +279,15 @@ def evaluate_run(cfg: EvalConfig) -> dict:
             raise ConfigError("num_inference_steps", f"must be <= num_train_timesteps "
                                                      f"(= {policy.config.num_train_timesteps})")
         sampling = {"num_inference_steps": cfg.num_inference_steps}
+    if cfg.num_candidates is not None:
+        if cfg.num_candidates > 1 and not getattr(policy, "has_critic", False):
+            raise ConfigError("num_candidates", f"choosing among candidates needs a success critic; "
+                                                f"{cfg.checkpoint} has none (train with --diffusion.critic-hidden)")
+        if policy.kind == "diffusion":
+            sampling = {**sampling, "num_candidates": cfg.num_candidates}
     default_name = f"eval-{cfg.tasks}" + (f"-{cfg.env}" if cfg.env != "banana-place" else "") + (
-        f"-k{cfg.trials}" if cfg.trials else "") + ("-trial-memory" if cfg.memory == "trial" else "")
+        f"-k{cfg.trials}" if cfg.trials else "") + ("-trial-memory" if cfg.memory == "trial" else "") + (
+        f"-n{cfg.num_candidates}" if cfg.num_candidates is not None else "")
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / default_name
     out.mkdir(parents=True, exist_ok=True)
     env_kwargs = {k: v for k, v in (("trials", cfg.trials), ("time_limit", cfg.time_limit)) if v is not None}

@@ -69,6 +69,9 @@ class PretrainConfig:
     def validate(self):
         self.optim.validate()
         self.policy_config().validate()
+        if self.policy == "diffusion" and self.diffusion.critic_hidden:
+            raise config_lib.ConfigError("diffusion.critic_hidden", "the success critic learns from the actors' "
+                                         "own successes and failures in `train`; pretrain has demos only")
 
     def policy_config(self):
         return getattr(self, self.policy)
@@ -98,7 +101,8 @@ def load_policy(run_dir: str | Path, use_ema: bool = True, step: int | None = No
         from ada_curriculum.train import TrainConfig
 
         cfg = config_lib.load_config(TrainConfig, cfg_path)
-        policy, optimizer = make_policy(cfg.policy, cfg.policy_config()), make_optimizer(cfg.optim)
+        policy = make_policy(cfg.policy, cfg.policy_config())
+        optimizer = make_optimizer(cfg.optim, critic=getattr(policy, "has_critic", False))
     else:
         cfg = config_lib.load_config(PretrainConfig, cfg_path)
         policy, optimizer, _ = build(cfg)

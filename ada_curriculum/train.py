@@ -163,6 +163,13 @@ class TrainConfig:
                                                             "predicts its chunk in one pass")
             if self.distill.enabled:
                 raise ConfigError("distill.enabled", "distillation grows the diffusion U-Net; use --policy diffusion")
+        if self.policy == "diffusion" and self.diffusion.critic_hidden:
+            if self.distill.enabled:
+                raise ConfigError("diffusion.critic_hidden", "the success critic does not carry over distillation's "
+                                                             "model switches yet; drop --distill or the critic")
+            if self.replay.online_sampler != "uniform":
+                raise ConfigError("replay.online_sampler", "the success critic must see failed episodes too; the "
+                                                           "weight sampler never draws them (use uniform)")
         self.curriculum.validate()
         if self.curriculum.strategy != "none" and self.tasks == "nominal":
             raise ValueError(f"tasks: the {self.curriculum.strategy} curriculum widens inside the task space; "
@@ -202,9 +209,17 @@ def _initial_state(cfg: TrainConfig, policy, optimizer):
         if pre_policy.kind != policy.kind:
             raise CheckpointError(f"init: {cfg.init} holds a {pre_policy.kind} policy; this run trains a "
                                   f"{policy.kind} (--policy {pre_policy.kind}, or another --init run)")
-        if pre_policy.config != policy.config:
+        # Only the denoiser must match: a success critic (policies/critic.py) is taken along when
+        # both runs have the same one, else this run's starts fresh (a BC run has none).
+        denoiser = lambda c: c.without_critic() if hasattr(c, "without_critic") else c  # noqa: E731
+        if denoiser(pre_policy.config) != denoiser(policy.config):
             raise CheckpointError(f"{cfg.policy}: the --init run's policy config differs from this run's; "
                                   f"pass the same --{cfg.policy}.* options")
+        if pre_policy.config != policy.config:
+            if getattr(pre_policy, "has_critic", False):
+                variables = {**variables, "params": variables["params"]["denoiser"]}
+            if getattr(policy, "has_critic", False):
+                variables = policy.with_critic(variables, jax.random.fold_in(rng, 1))
         return create_train_state(variables, optimizer, rng)
     from ada_curriculum.data import windows as windows_lib
 
@@ -392,7 +407,7 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
         policy = policy_at(distill, cfg.policy, cfg.diffusion, 0)
     else:
         policy = make_policy(cfg.policy, cfg.policy_config())
-    optimizer = make_optimizer(cfg.optim)
+    optimizer = make_optimizer(cfg.optim, critic=getattr(policy, "has_critic", False))
     builder = Builder(cfg, policy)
     replay_layout = {"layout": builder.layout, "window": builder.window}
     if builder.layout == "sequence" and cfg.replay.min_size_to_sample > 64:

@@ -6,6 +6,11 @@ policy's denoising surrogate weights each online window by its episode's success
 demos keep a BC anchor. A DPPO-style objective (PPO over the last denoising steps with a value
 critic) fits the same signature: it needs the per-window log-prob terms and returns, which
 the window format carries room for (`version`, `success`, `task`).
+
+A diffusion policy with a success critic (`diffusion.critic_hidden`) also learns the critic
+here, from the online windows' episode success; acting then picks the critic's best of several
+sampled chunks (policies/critic.py). That is where the policy improves beyond its samples: the
+success weighting only re-weights chunks the policy already draws.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ class SuccessWeightedBC:
         # An online window's "weight" is what the actor wrote: its episode's success, or with
         # advantage weighting max(success - baseline(task), 0) (agent/baseline.py).
         weight = is_demo * self.demo_weight + (1 - is_demo) * self.online_weight * batch["weight"]
-        loss, metrics = policy.loss(variables, {**policy_inputs(policy, batch), "weight": weight}, rng)
+        inputs = {**policy_inputs(policy, batch), "weight": weight}
+        if getattr(policy, "has_critic", False):
+            # The critic estimates success under the acting policy, so it learns from the actors'
+            # windows only (the scripted demos are another policy), each labelled with its
+            # episode's success whatever the online weighting.
+            inputs.update(critic_label=batch["success"], critic_mask=1 - is_demo)
+        loss, metrics = policy.loss(variables, inputs, rng)
         online = jnp.maximum((1 - is_demo).sum(), 1.0)
         return loss, {**metrics, "online_success_fraction": ((1 - is_demo) * batch["success"]).sum() / online,
                       "online_mean_weight": ((1 - is_demo) * batch["weight"]).sum() / online,

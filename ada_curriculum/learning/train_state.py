@@ -30,6 +30,9 @@ class OptimConfig:
     # first updates (reset optimiser moments, small batches), and acting gets worse for hundreds
     # of updates. Off, the EMA averages at `ema_decay` from the first update.
     ema_warmup: bool = True
+    # A policy's success critic (policies/critic.py) starts untrained when its denoiser is
+    # fine-tuned at a small rate, so it gets its own (constant, after warm-up) rate.
+    critic_learning_rate: float = 3e-4
 
     def from_scratch(self) -> "OptimConfig":
         """This config for weights that start untrained: the EMA warms up whatever `ema_warmup`
@@ -37,7 +40,7 @@ class OptimConfig:
         return dataclasses.replace(self, ema_warmup=True)
 
     def validate(self):
-        for name in ("learning_rate", "clip_factor", "max_grad_norm"):
+        for name in ("learning_rate", "clip_factor", "max_grad_norm", "critic_learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.decay_steps < 1:
@@ -48,11 +51,20 @@ class OptimConfig:
             raise ValueError(f"clip_norm_decay: must be in [0, 1), got {self.clip_norm_decay}")
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimConfig, critic: bool = False) -> optax.GradientTransformation:
+    """AdamW on a warm-up + cosine schedule. `critic`: the params are `{"denoiser", "critic"}`
+    (a policy with a success critic) and the critic gets `critic_learning_rate`."""
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=max(cfg.warmup_steps, 1),
         decay_steps=max(cfg.decay_steps, cfg.warmup_steps + 1), end_value=cfg.learning_rate * cfg.end_lr_fraction)
-    return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    policy = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    if not critic:
+        return policy
+    critic_schedule = optax.linear_schedule(0.0, cfg.critic_learning_rate, max(cfg.warmup_steps, 1))
+    return optax.multi_transform(
+        {"denoiser": policy, "critic": optax.adamw(critic_schedule, b1=cfg.b1, b2=cfg.b2,
+                                                   weight_decay=cfg.weight_decay)},
+        {"denoiser": "denoiser", "critic": "critic"})
 
 
 @flax.struct.dataclass

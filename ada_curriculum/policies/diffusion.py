@@ -22,6 +22,7 @@ import numpy as np
 from ada_curriculum.config import ConfigError
 from ada_curriculum.policies import normalizer as norm
 from ada_curriculum.policies.base import Batch, Policy, Variables
+from ada_curriculum.policies.critic import ChunkCritic, critic_logits, critic_loss, select_best
 from ada_curriculum.policies.diffusion_models import ConditionalUnet1D
 from ada_curriculum.policies.noise_schedule import add_noise, ddim_sample, make_schedule
 from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, binarize_gripper
@@ -60,6 +61,13 @@ class DiffusionConfig:
         default=2, metadata={"help": "DDIM steps at degradation level 1"})
     degraded_max_temperature: float = dataclasses.field(
         default=2.5, metadata={"help": "sampling temperature at degradation level 1"})
+    critic_hidden: int = dataclasses.field(default=0, metadata={
+        "help": "width of a success critic over (observations, executed chunk), trained by RL on the "
+                "actors' episodes (0: no critic; see policies.critic)"})
+    critic_layers: int = dataclasses.field(default=3, metadata={"help": "hidden layers of the success critic"})
+    num_candidates: int = dataclasses.field(default=1, metadata={
+        "help": "chunks sampled per replan; the critic's best is executed (value-guided acting, needs "
+                "critic_hidden > 0; 1: plain sampling)"})
 
     def __post_init__(self):
         # A list from JSON would make the config unhashable (and so unusable as a jit static).
@@ -101,6 +109,17 @@ class DiffusionConfig:
                                                     f"(= {self.num_inference_steps}), got {self.degraded_min_steps}")
         if not self.degraded_max_temperature >= 1.0:
             raise ConfigError("degraded_max_temperature", f"must be >= 1, got {self.degraded_max_temperature}")
+        if self.critic_hidden < 0 or self.critic_layers < 1:
+            raise ConfigError("critic_hidden", f"must be >= 0 with critic_layers >= 1, got "
+                                               f"{self.critic_hidden}/{self.critic_layers}")
+        if self.num_candidates < 1:
+            raise ConfigError("num_candidates", f"must be >= 1, got {self.num_candidates}")
+        if self.num_candidates > 1 and not self.critic_hidden:
+            raise ConfigError("num_candidates", "choosing among candidates needs a critic: set critic_hidden > 0")
+
+    def without_critic(self) -> "DiffusionConfig":
+        """The same denoiser with no critic: what a pretrained (BC) run holds."""
+        return dataclasses.replace(self, critic_hidden=0, critic_layers=3, num_candidates=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +152,36 @@ class DiffusionPolicy(Policy):
     def model(self) -> ConditionalUnet1D:
         return ConditionalUnet1D(**self.config.model_kwargs())
 
+    @property
+    def has_critic(self) -> bool:
+        return self.config.critic_hidden > 0
+
+    @functools.cached_property
+    def critic(self) -> ChunkCritic:
+        return ChunkCritic(hidden=self.config.critic_hidden, layers=self.config.critic_layers)
+
+    def _denoiser(self, variables: Variables) -> dict:
+        """The U-Net's params: all of them, or their "denoiser" part when a critic sits beside."""
+        return variables["params"]["denoiser"] if self.has_critic else variables["params"]
+
+    def with_critic(self, variables: Variables, rng: jax.Array) -> Variables:
+        """Variables of this (critic-equipped) policy from a critic-less policy's variables (e.g.
+        a BC run): the same denoiser, and a freshly initialised critic."""
+        if not self.has_critic:
+            raise ValueError("critic_hidden: this policy has no critic")
+        return {**variables, "params": {"denoiser": variables["params"], "critic": self._init_critic(rng)}}
+
+    def _init_critic(self, rng: jax.Array) -> dict:
+        obs = jnp.zeros((1, self.n_obs_steps, self.obs_dim), jnp.float32)
+        chunk = jnp.zeros((1, self.n_action_steps, self.action_dim), jnp.float32)
+        return self.critic.init(rng, obs, chunk)["params"]
+
+    def executed_chunk(self, action: jax.Array) -> jax.Array:
+        """The part of a window's action horizon (B, horizon, A) the actor executes from the
+        window's current step: what the critic rates."""
+        start = self.n_obs_steps - 1
+        return action[:, start:start + self.n_action_steps]
+
     def schedule(self) -> dict:
         return make_schedule(self.config.num_train_timesteps)
 
@@ -144,7 +193,10 @@ class DiffusionPolicy(Policy):
                 if tuple(jnp.shape(normalizer[key][side])) != (dim,):
                     raise ValueError(f"normalizer: {key}.{side} must have shape ({dim},), "
                                      f"got {tuple(jnp.shape(normalizer[key][side]))}")
-        return {"params": self._init_params(rng), "normalizer": normalizer}
+        params = self._init_params(rng)
+        if self.has_critic:
+            params = {"denoiser": params, "critic": self._init_critic(jax.random.fold_in(rng, 1))}
+        return {"params": params, "normalizer": normalizer}
 
     def _init_params(self, rng: jax.Array) -> dict:
         """Flax's default initialisation (lecun-normal kernels, zero biases, unit norm scales),
@@ -186,7 +238,7 @@ class DiffusionPolicy(Policy):
         scalar, given raw observations (B, n_obs_steps, obs_dim)."""
         cond = self._global_cond(variables, obs)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (noisy_action.shape[0],))
-        return self.model.apply({"params": variables["params"]}, noisy_action, t, cond)
+        return self.model.apply({"params": self._denoiser(variables)}, noisy_action, t, cond)
 
     def embed(self, variables: Variables, obs: jax.Array, t: int = 0) -> jax.Array:
         """The policy's learned features of raw observation histories (B, n_obs_steps, obs_dim):
@@ -199,7 +251,7 @@ class DiffusionPolicy(Policy):
         cond = self._global_cond(variables, obs)
         b = cond.shape[0]
         sample = jnp.zeros((b, self.horizon, self.action_dim), jnp.float32)
-        _, state = self.model.apply({"params": variables["params"]}, sample, jnp.full((b,), t, jnp.int32), cond,
+        _, state = self.model.apply({"params": self._denoiser(variables)}, sample, jnp.full((b,), t, jnp.int32), cond,
                                     mutable=["intermediates"])
         return jnp.concatenate([f.reshape(b, -1) for f in jax.tree_util.tree_leaves(state["intermediates"])],
                                axis=-1)
@@ -218,7 +270,7 @@ class DiffusionPolicy(Policy):
         t = jax.random.randint(t_key, (b,), 0, self.config.num_train_timesteps)
         noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
         noisy = add_noise(self.schedule(), x0, noise, t)
-        pred = self.model.apply({"params": variables["params"]}, noisy, t, cond)
+        pred = self.model.apply({"params": self._denoiser(variables)}, noisy, t, cond)
 
         per_example = jnp.mean(jnp.square(pred - noise), axis=(1, 2))
         weight = batch.get("weight")
@@ -227,7 +279,15 @@ class DiffusionPolicy(Policy):
             raise ValueError(f"weight: expected shape ({b},), got {weight.shape}")
         loss = jnp.sum(weight * per_example) / jnp.maximum(jnp.sum(weight), _EPS)
         # "mse" is unweighted, so it stays comparable across weighting schemes.
-        return loss, {"loss": loss, "mse": jnp.mean(per_example)}
+        metrics = {"mse": jnp.mean(per_example)}
+        if self.has_critic and "critic_label" in batch:
+            # The critic's gradient reaches only its own params, the denoiser's only the U-Net.
+            mask = batch.get("critic_mask")
+            bce, critic_metrics = critic_loss(
+                self.critic, variables["params"]["critic"], variables["normalizer"], batch["obs"],
+                self.executed_chunk(action), batch["critic_label"], jnp.ones((b,)) if mask is None else mask)
+            loss, metrics = loss + bce, {**metrics, **critic_metrics}
+        return loss, {"loss": loss, **metrics}
 
     # -- sampling ----------------------------------------------------------------------------
 
@@ -243,7 +303,7 @@ class DiffusionPolicy(Policy):
         if not 1 <= steps <= self.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps: must be in 1..{self.config.num_train_timesteps}, got {steps}")
         cond = self._global_cond(variables, jnp.asarray(batch["obs"]))
-        params = variables["params"]
+        params = self._denoiser(variables)
         denoise = lambda x, t: self.model.apply({"params": params}, x, t, cond)  # noqa: E731
         x0 = ddim_sample(denoise, self.schedule(), (cond.shape[0], self.horizon, self.action_dim), rng,
                          steps, temperature=temperature, eta=self.config.eta if eta is None else eta)
@@ -251,12 +311,25 @@ class DiffusionPolicy(Policy):
 
     def predict_action(self, variables: Variables, batch: Batch, rng: jax.Array,
                        num_inference_steps: int | None = None, temperature: float | jax.Array = 1.0,
-                       eta: float | jax.Array | None = None) -> jax.Array:
-        """Raw actions to execute (B, n_action_steps, A), the first one at obs[:, -1]."""
-        actions = self.sample_horizon(variables, batch, rng, num_inference_steps, temperature, eta)
-        start = self.n_obs_steps - 1
-        chunk = actions[:, start:start + self.n_action_steps]
-        return binarize_gripper(chunk) if self.config.binary_gripper else chunk
+                       eta: float | jax.Array | None = None, num_candidates: int | None = None) -> jax.Array:
+        """Raw actions to execute (B, n_action_steps, A), the first one at obs[:, -1].
+
+        With `num_candidates` N > 1 (static; default the config's) each row samples N chunks and
+        returns the one the critic rates most likely to succeed.
+        """
+        n = self.config.num_candidates if num_candidates is None else int(num_candidates)
+        if n > 1 and not self.has_critic:
+            raise ValueError("num_candidates: choosing among candidates needs a critic (critic_hidden > 0)")
+        obs = jnp.asarray(batch["obs"])
+        if n > 1:
+            obs = jnp.repeat(obs, n, axis=0)  # row b's candidates are rows b*n .. b*n+n-1
+        actions = self.sample_horizon(variables, {"obs": obs}, rng, num_inference_steps, temperature, eta)
+        chunk = self.executed_chunk(actions)
+        chunk = binarize_gripper(chunk) if self.config.binary_gripper else chunk
+        if n == 1:
+            return chunk
+        logits = critic_logits(self.critic, variables["params"]["critic"], variables["normalizer"], obs, chunk)
+        return select_best(chunk, logits, obs.shape[0] // n)[0]
 
     def degradation_params(self, level: float) -> tuple[int, float]:
         """(DDIM steps, temperature) for a degradation level in [0, 1].

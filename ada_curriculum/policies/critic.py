@@ -1,0 +1,65 @@
+"""A success critic over (observation history, executed action chunk), for value-guided acting.
+
+With a binary task reward and no discounting inside an episode, an action chunk's value under
+the acting policy is the probability that the episode it starts in succeeds. `ChunkCritic`
+learns its logit by cross-entropy on the actors' own windows, each labelled with its episode's
+success (a Monte-Carlo target: no bootstrapping, so no target network to keep). Acting then
+samples several chunks from the diffusion policy and executes the one the critic rates best,
+which is a policy-improvement step over the sampling policy (Nakamoto et al., "Steering Your
+Generalists", 2024); the next actors' episodes re-label the critic under the improved policy.
+
+The critic sees what the actor executed (binarised gripper, `n_action_steps` actions from the
+current one), in the policy's normalised units, so its inputs are the same at training and
+acting time.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ada_curriculum.policies import normalizer as norm
+
+
+class ChunkCritic(nn.Module):
+    """Logit of success from normalised observations (B, n_obs, D) and a chunk (B, n_action, A)."""
+
+    hidden: int = 256
+    layers: int = 3
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, chunk: jax.Array) -> jax.Array:
+        x = jnp.concatenate([obs.reshape(obs.shape[0], -1), chunk.reshape(chunk.shape[0], -1)], axis=-1)
+        for _ in range(self.layers):
+            # LayerNorm keeps the logits of off-distribution candidates from running away.
+            x = nn.relu(nn.LayerNorm()(nn.Dense(self.hidden)(x)))
+        return nn.Dense(1)(x)[:, 0]
+
+
+def critic_logits(critic: ChunkCritic, params, normalizer: dict, obs: jax.Array, chunk: jax.Array) -> jax.Array:
+    """(B,) success logits for raw observations (B, n_obs, D) and raw executed chunks (B, n, A)."""
+    return critic.apply({"params": params}, norm.normalize(normalizer["obs"], obs.astype(jnp.float32)),
+                        norm.normalize(normalizer["action"], chunk.astype(jnp.float32)))
+
+
+def critic_loss(critic: ChunkCritic, params, normalizer: dict, obs, chunk, label, mask) -> tuple[jax.Array, dict]:
+    """Masked binary cross-entropy of the success logit against the episode's success."""
+    logits = critic_logits(critic, params, normalizer, obs, chunk)
+    label, mask = jnp.asarray(label, jnp.float32), jnp.asarray(mask, jnp.float32)
+    count = jnp.maximum(mask.sum(), 1.0)
+    bce = (optax.sigmoid_binary_cross_entropy(logits, label) * mask).sum() / count
+    accuracy = (((logits > 0) == (label > 0.5)) * mask).sum() / count
+    return bce, {"critic_bce": bce, "critic_accuracy": accuracy,
+                 "critic_mean_prob": (jax.nn.sigmoid(logits) * mask).sum() / count}
+
+
+def select_best(chunks: jax.Array, logits: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
+    """Each row's best-rated candidate: chunks (B * N, n, A) and logits (B * N,), grouped as N
+    consecutive candidates per row -> ((B, n, A), the chosen logits (B,))."""
+    n = chunks.shape[0] // batch
+    logits = logits.reshape(batch, n)
+    best = jnp.argmax(logits, axis=1)
+    rows = jnp.arange(batch)
+    return chunks.reshape(batch, n, *chunks.shape[1:])[rows, best], logits[rows, best]
