@@ -33,6 +33,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def difference_interval(s1: int, n1: int, s2: int, n2: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval of the difference of two success rates p1 - p2: normal approximation with a
+    +1 smoothing per cell (Agresti-Caffo), which stays sensible at rates near 0 and 1."""
+    p1, p2 = (s1 + 1) / (n1 + 2), (s2 + 1) / (n2 + 2)
+    se = math.sqrt(p1 * (1 - p1) / (n1 + 2) + p2 * (1 - p2) / (n2 + 2))
+    return p1 - p2 - z * se, p1 - p2 + z * se
+
+
 def task_bin(task: envs.TaskParams) -> str:
     full = envs.FULL
     def index(name, v):

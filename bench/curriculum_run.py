@@ -19,22 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import time
 from pathlib import Path
 
 from ada_curriculum import config as config_lib
 from ada_curriculum.cli import EvalConfig, evaluate_run
+from ada_curriculum.evaluate import difference_interval
 from ada_curriculum.train import TrainConfig, train
-
-
-def two_proportion_ci(s1: int, n1: int, s2: int, n2: int, z: float = 1.96) -> tuple[float, float]:
-    """Normal-approximation 95% interval of p1 - p2 with a +1 smoothing per cell (Agresti-Caffo),
-    which stays sensible at rates near 0."""
-    p1, p2 = (s1 + 1) / (n1 + 2), (s2 + 1) / (n2 + 2)
-    se = math.sqrt(p1 * (1 - p1) / (n1 + 2) + p2 * (1 - p2) / (n2 + 2))
-    return p1 - p2 - z * se, p1 - p2 + z * se
 
 
 def run_arm(name: str, args, curriculum: dict) -> dict:
@@ -88,7 +80,7 @@ def main() -> None:
     arms = {"curriculum": run_arm("curriculum", args, {"strategy": args.curriculum}),
             "uniform": run_arm("uniform", args, {"strategy": "none"})}
     c, u = arms["curriculum"]["eval"], arms["uniform"]["eval"]
-    lo, hi = two_proportion_ci(c["successes"], c["episodes"], u["successes"], u["episodes"])
+    lo, hi = difference_interval(c["successes"], c["episodes"], u["successes"], u["episodes"])
     out = {
         "bench": "curriculum_run", "curriculum_strategy": args.curriculum, "budget_env_steps": args.env_steps,
         "budget_minutes": args.minutes, "eval_tasks": "full", "eval_episodes": args.eval_episodes,

@@ -1,0 +1,161 @@
+"""The success critic and value-guided acting: the chosen chunk is the critic's best candidate,
+the critic learns from episode success without touching the denoiser, configs that cannot work
+are refused, and a real `train --init BC_RUN` run carries a critic through resume and eval."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ada_curriculum import config as config_lib
+from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer, make_train_step
+from ada_curriculum.policies import normalizer
+from ada_curriculum.policies.critic import critic_logits
+from ada_curriculum.policies.diffusion import DiffusionConfig, DiffusionPolicy
+from ada_curriculum.policies.obs import binarize_gripper
+
+POLICY = DiffusionPolicy(DiffusionConfig(down_dims=(16, 32), critic_hidden=32, num_candidates=5, eta=1.0))
+
+
+def _variables(policy=POLICY, seed=0):
+    return policy.init(jax.random.PRNGKey(seed), normalizer.identity(policy.obs_dim, policy.action_dim))
+
+
+def test_predict_action_executes_the_critics_best_of_n_candidates():
+    variables = _variables()
+    obs = jax.random.uniform(jax.random.PRNGKey(1), (3, POLICY.n_obs_steps, POLICY.obs_dim), minval=-1, maxval=1)
+    rng = jax.random.PRNGKey(2)
+    chosen = np.asarray(POLICY.predict_action(variables, {"obs": obs}, rng))
+
+    # The same draw by hand: 5 candidates per row, rated by the critic.
+    rep = jnp.repeat(obs, 5, axis=0)
+    cands = binarize_gripper(POLICY.executed_chunk(POLICY.sample_horizon(variables, {"obs": rep}, rng)))
+    logits = np.asarray(critic_logits(POLICY.critic, variables["params"]["critic"], variables["normalizer"],
+                                      rep, cands)).reshape(3, 5)
+    cands = np.asarray(cands).reshape(3, 5, *cands.shape[1:])
+    assert chosen.shape == (3, POLICY.n_action_steps, POLICY.action_dim)
+    for row in range(3):
+        assert np.ptp(logits[row]) > 0  # the candidates differ, so the choice is a real one
+        assert np.allclose(chosen[row], cands[row, np.argmax(logits[row])])
+    # One candidate is plain sampling from the denoiser.
+    plain = POLICY.predict_action(variables, {"obs": obs}, rng, num_candidates=1)
+    assert plain.shape == chosen.shape
+
+
+def test_critic_learns_success_from_its_own_windows_and_leaves_the_denoiser_alone():
+    variables = _variables()
+    rng = np.random.default_rng(0)
+    b = 64
+
+    def batch():
+        action = rng.uniform(-1, 1, (b, POLICY.horizon, POLICY.action_dim)).astype(np.float32)
+        # "Success" is decided by the executed chunk: its first action's first component.
+        label = (POLICY.executed_chunk(action)[:, 0, 0] > 0).astype(np.float32)
+        return {"obs": rng.uniform(-1, 1, (b, POLICY.n_obs_steps, POLICY.obs_dim)).astype(np.float32),
+                "action": action, "weight": np.ones(b, np.float32), "critic_label": label,
+                "critic_mask": np.ones(b, np.float32)}
+
+    # Each part's loss reaches only its own params.
+    first = batch()
+    grads = jax.grad(lambda p: POLICY.loss({**variables, "params": p}, {**first, "weight": np.zeros(b)},
+                                           jax.random.PRNGKey(0))[0])(variables["params"])
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads["denoiser"]))
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads["critic"]))
+    grads = jax.grad(lambda p: POLICY.loss({**variables, "params": p}, {**first, "critic_mask": np.zeros(b)},
+                                           jax.random.PRNGKey(0))[0])(variables["params"])
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads["critic"]))
+
+    cfg = OptimConfig(learning_rate=1e-3, warmup_steps=1, critic_learning_rate=3e-3)
+    optimizer = make_optimizer(cfg, critic=True)
+    step = jax.jit(make_train_step(POLICY, optimizer, cfg))
+    state = create_train_state(variables, optimizer, jax.random.PRNGKey(0))
+    _, before = step(state, first)
+    for _ in range(150):
+        state, metrics = step(state, batch())
+    assert float(before["critic_accuracy"]) < 0.75
+    assert float(metrics["critic_accuracy"]) > 0.9 and float(metrics["critic_bce"]) < 0.3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--diffusion.num-candidates", "4"], "error: diffusion.num_candidates: choosing among candidates needs a critic"),
+    (["--diffusion.critic-hidden", "32", "--replay.online-sampler", "weight"],
+     "error: replay.online_sampler: the success critic must see failed episodes"),
+    (["--diffusion.critic-hidden", "32", "--distill", "--distill.switch-every-updates", "50", "--eval-every", "10"],
+     "error: diffusion.critic_hidden: the success critic does not carry over distillation"),
+])
+def test_critic_configs_that_cannot_work_are_one_line_errors(tmp_path, capsys, argv, message):
+    from ada_curriculum.cli import main
+
+    assert main(["train", "--run", str(tmp_path / "run"), "--demos", str(tmp_path / "none"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_refuses_a_critic(demos, tmp_path, capsys):
+    from ada_curriculum.cli import main
+
+    assert main(["pretrain", "--policy", "diffusion", "--demos", demos, "--out", str(tmp_path / "bc"),
+                 "--diffusion.critic-hidden", "32", "--updates", "2"]) == 2
+    assert capsys.readouterr().err.startswith("error: diffusion.critic_hidden: the success critic learns")
+    assert not (tmp_path / "bc").exists()
+
+
+@pytest.fixture(scope="module")
+def bc_run(demos, tmp_path_factory):
+    from ada_curriculum.cli import main
+
+    out = tmp_path_factory.mktemp("bc") / "run"
+    assert main(["pretrain", "--policy", "diffusion", "--demos", demos, "--out", str(out),
+                 "--diffusion.down-dims", "16,32", "--diffusion.num-inference-steps", "2", "--updates", "2",
+                 "--batch-size", "4", "--log-every", "1"]) == 0
+    return str(out)
+
+
+def test_train_from_a_bc_run_grows_a_critic_that_resumes_and_evaluates(demos, bc_run, tmp_path, capsys):
+    from ada_curriculum.checkpointing import Checkpointer
+    from ada_curriculum.cli import main
+    from ada_curriculum.pretrain import load_policy
+    from ada_curriculum.train import TrainConfig, _initial_state, train
+    from test_train import tiny
+
+    critic = {"down_dims": [16, 32], "num_inference_steps": 2, "critic_hidden": 32, "num_candidates": 3}
+    cfg = tiny(tmp_path / "run", demos, distributed=False, init=bc_run, diffusion=critic, eval_every=8,
+               eval_episodes=2, max_updates=12)
+    assert isinstance(cfg, TrainConfig)
+
+    # The BC run's denoiser, and a fresh critic beside it.
+    _, bc_variables, _, _ = load_policy(bc_run)
+    from ada_curriculum.policies import make_policy
+
+    policy = make_policy("diffusion", cfg.diffusion)
+    state = _initial_state(cfg, policy, make_optimizer(cfg.optim, critic=True))
+    assert set(state.params) == {"denoiser", "critic"}
+    for a, b in zip(jax.tree_util.tree_leaves(state.params["denoiser"]), jax.tree_util.tree_leaves(bc_variables["params"])):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+    summary = train(cfg)
+    assert summary["stopped_by"] == "max_updates" and summary["episodes"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    learner = [r for r in rows if "critic_bce" in r]
+    assert learner and all(np.isfinite(r["critic_bce"]) for r in learner)
+
+    # Resume: the two-part optimiser state restores and training continues.
+    resumed = train(tiny(tmp_path / "run", demos, distributed=False, init=bc_run, diffusion=critic, max_updates=20))
+    assert resumed["updates"] >= 20
+    ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
+    assert ckpt.latest_step() >= 20
+    ckpt.close()
+
+    # eval acts with the critic (the run's 3 candidates) or the denoiser alone.
+    out = tmp_path / "eval1"
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "2", "--num-envs", "2",
+                 "--num-candidates", "1", "--time-limit", "10", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["sampling"] == {"num_candidates": 1}
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", bc_run, "--episodes", "2", "--num-candidates", "4",
+                 "--out", str(tmp_path / "eval-bc")]) == 2
+    assert capsys.readouterr().err.startswith("error: num_candidates: choosing among candidates needs a success critic")
+    assert not (tmp_path / "eval-bc").exists()
