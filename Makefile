@@ -19,13 +19,15 @@ BC_RUN ?= runs/bc-diffusion
 RUN_DIR ?= runs/main
 CLI := $(VENV)/bin/ada-curriculum
 # RL on the `near` box around the demonstrated placement: the BC policy solves part of it, so
-# sparse reward has signal; a held-out evaluation at the start and every 400 updates shows the
+# sparse reward has signal; a held-out evaluation at the start and every 1000 updates shows the
 # change. Episodes are cut at 80 steps (the demos take ~55) so failures cost less acting time.
 # Actors sample with 5 DDIM steps: no measured loss in success, and the actor keeps up with
-# env-only stepping (bench/RESULTS.md, actor_throughput).
+# env-only stepping (bench/RESULTS.md, actor_throughput). The success critic is what makes the
+# reward count: acting executes its best of 8 sampled chunks (bench/RESULTS.md, session 6).
 TRAIN_ARGS ?= --tasks near --time-limit 80 --demo-fraction 0.25 --envs-per-actor 8 --acting-inference-steps 5 \
+	--diffusion.critic-hidden 256 --diffusion.num-candidates 8 \
 	--max-minutes 10 --max-updates 100000 \
-	--eval-every 400 --eval-episodes 60
+	--eval-every 1000 --eval-episodes 60
 
 PYTEST_ARGS ?=
 # `make bench`: the throughput benchmarks; curriculum_run is an hour-long training experiment,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,11 @@ class Checkpointer:
                     s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
                 if s != steps[0]:
                     log.warning("checkpoint: fell back to step %d (newer ones unreadable: %s)", s, "; ".join(errors))
-                return restored["state"], dict(restored["meta"]), s
+                # Arrays this process owns: restored arrays can share memory with buffers the
+                # reader keeps, and a jitted step that donates its state (pretrain's, the
+                # learner's) must not hand those to XLA to reuse (heap corruption, seen on resume).
+                state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), restored["state"])
+                return state, dict(restored["meta"]), s
             except Exception as e:  # noqa: BLE001 - any failure to read means "try the previous step"
                 msg = " ".join(str(e).split())[:200]
                 errors.append(f"step {s}: {type(e).__name__}: {msg}")

@@ -305,7 +305,10 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     rates = [r["success_rate"] for r in per_seed.values()]
     summary = {
         "checkpoint": cfg.checkpoint, "step": step, "policy": policy.kind, "tasks": cfg.tasks, "env": cfg.env,
-        "sampling": sampling, "ema": cfg.ema, "memory": cfg.memory, **evaluate.summarize(all_results),
+        "sampling": sampling, "ema": cfg.ema, "memory": cfg.memory,
+        # Chunks the critic chose among per replan (1: the denoiser's samples as drawn).
+        "num_candidates": int(sampling.get("num_candidates", getattr(policy.config, "num_candidates", 1))),
+        **evaluate.summarize(all_results),
         "success_rate_per_seed": rates, "success_rate_seed_mean": float(np.mean(rates)),
         "success_rate_seed_std": float(np.std(rates)), "per_seed": per_seed,
         "seconds": round(time.perf_counter() - start, 1),

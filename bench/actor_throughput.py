@@ -22,6 +22,7 @@ opened up as in an in-process run, since no learner samples here). The policy is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -218,18 +219,27 @@ def main():
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--sampling-steps", type=int, default=None,
                         help="DDIM steps for acting (default: the policy's num_inference_steps)")
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="act with a success critic's best of N sampled chunks (a fresh critic if the run "
+                             "has none: its cost does not depend on its weights)")
     parser.add_argument("--compare-unaligned", action="store_true",
                         help="also time an actor without aligned chunk boundaries (interleaved)")
     args = parser.parse_args()
 
     policy, variables, source = load(args.init)
+    if args.candidates > 1 and not policy.has_critic:
+        policy = make_policy("diffusion", dataclasses.replace(policy.config, critic_hidden=256,
+                                                              num_candidates=args.candidates))
+        variables = policy.with_critic(variables, jax.random.PRNGKey(1))
+    elif args.candidates > 1:
+        policy = make_policy("diffusion", dataclasses.replace(policy.config, num_candidates=args.candidates))
     # The actors' DDIM steps come from train's --acting-inference-steps, as in a run.
     cfg = TrainConfig(run=tempfile.mkdtemp(), distributed=False, envs_per_actor=args.envs, demo_fraction=0.0,
                       acting_inference_steps=args.sampling_steps)
     out = {"bench": "actor_throughput", "policy": source, "preset": policy.config.preset,
            "num_inference_steps": policy.config.num_inference_steps, "n_action_steps": policy.config.n_action_steps,
            "acting_inference_steps": args.sampling_steps or policy.config.num_inference_steps,
-           "envs_per_actor": args.envs, "cores": os.cpu_count(), "loadavg_start": round(os.getloadavg()[0], 2)}
+           "num_candidates": policy.config.num_candidates, "envs_per_actor": args.envs, "cores": os.cpu_count(), "loadavg_start": round(os.getloadavg()[0], 2)}
 
     # Part 1 on one core, as a Ray actor holding one CPU would run; affinity is restored before
     # Ray starts (its workers would inherit it).

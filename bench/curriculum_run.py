@@ -10,6 +10,7 @@ the evaluation stream, never the actors'), identical for every policy.
 
     .venv/bin/python bench/curriculum_run.py --demos runs/demos-nominal-50 --init runs/bc-diffusion \
         [--env-steps 40000] [--minutes 30] [--curriculum widening] [--eval-episodes 100] [--out runs/bench-curriculum]
+        [--critic-hidden 256 --candidates 8]   # RL with a success critic, as in rl_vs_control
 
 Last line: one JSON object with `curriculum_success`, `uniform_success`, their 95% intervals, the
 difference, and `curriculum_wins` (the curriculum's success above the uniform arm's).
@@ -35,10 +36,12 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
         shutil.rmtree(run)
     settings = {
         "run": str(run), "init": args.init, "demos": args.demos, "tasks": "full", "time_limit": args.time_limit,
-        "num_actors": args.num_actors, "demo_fraction": args.demo_fraction, "max_updates": None,
+        "num_actors": args.num_actors, "envs_per_actor": args.envs_per_actor,
+        "acting_inference_steps": args.acting_inference_steps, "demo_fraction": args.demo_fraction, "max_updates": None,
         "max_env_steps": args.env_steps, "max_minutes": args.minutes, "checkpoint_every": 1000,
         "eval_every": 0, "dashboard": False, "embedding_every": 0, "seed": args.seed, "curriculum": curriculum,
         "distributed": not args.in_process,
+        "diffusion": {"critic_hidden": args.critic_hidden, "num_candidates": args.candidates},
         "optim": {"learning_rate": args.learning_rate, "warmup_steps": 100, "decay_steps": 100_000,
                   "ema_warmup": False, "ema_decay": 0.995},
     }
@@ -66,8 +69,12 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=30.0, help="each arm's time cap")
     p.add_argument("--time-limit", type=int, default=80, help="control steps per episode")
     p.add_argument("--num-actors", type=int, default=2)
+    p.add_argument("--envs-per-actor", type=int, default=8)
+    p.add_argument("--acting-inference-steps", type=int, default=5, help="DDIM steps when acting (as make run)")
     p.add_argument("--demo-fraction", type=float, default=0.25)
     p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--critic-hidden", type=int, default=0, help="success critic width (0: none; see rl_vs_control)")
+    p.add_argument("--candidates", type=int, default=1, help="chunks the critic chooses among when acting")
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue arms whose run directories exist")
@@ -83,6 +90,7 @@ def main() -> None:
     lo, hi = difference_interval(c["successes"], c["episodes"], u["successes"], u["episodes"])
     out = {
         "bench": "curriculum_run", "curriculum_strategy": args.curriculum, "budget_env_steps": args.env_steps,
+        "critic_hidden": args.critic_hidden, "candidates": args.candidates,
         "budget_minutes": args.minutes, "eval_tasks": "full", "eval_episodes": args.eval_episodes,
         "init_success": init_eval["success_rate"], "curriculum_success": c["success_rate"],
         "uniform_success": u["success_rate"], "curriculum_ci95": c["ci95"], "uniform_ci95": u["ci95"],

@@ -153,7 +153,8 @@ def test_train_from_a_bc_run_grows_a_critic_that_resumes_and_evaluates(demos, bc
     out = tmp_path / "eval1"
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "2", "--num-envs", "2",
                  "--num-candidates", "1", "--time-limit", "10", "--out", str(out)]) == 0
-    assert json.loads((out / "summary.json").read_text())["sampling"] == {"num_candidates": 1}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sampling"] == {"num_candidates": 1} and summary["num_candidates"] == 1
     capsys.readouterr()
     assert main(["eval", "--checkpoint", bc_run, "--episodes", "2", "--num-candidates", "4",
                  "--out", str(tmp_path / "eval-bc")]) == 2
