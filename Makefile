@@ -26,7 +26,7 @@ CLI := $(VENV)/bin/ada-curriculum
 # reward count: acting executes its best of 8 sampled chunks (bench/RESULTS.md, session 6).
 TRAIN_ARGS ?= --tasks near --time-limit 80 --demo-fraction 0.25 --envs-per-actor 8 --acting-inference-steps 5 \
 	--diffusion.critic-hidden 256 --diffusion.num-candidates 8 \
-	--max-minutes 10 --max-updates 100000 \
+	--max-minutes 15 --max-updates 100000 \
 	--eval-every 1000 --eval-episodes 60
 
 PYTEST_ARGS ?=
