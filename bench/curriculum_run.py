@@ -65,6 +65,9 @@ def main() -> None:
     p.add_argument("--init", default="runs/bc-diffusion")
     p.add_argument("--out", default="runs/bench-curriculum")
     p.add_argument("--curriculum", default="widening", choices=["widening", "band", "plr"])
+    p.add_argument("--curriculum-json", default="{}",
+                   help='more curriculum settings, e.g. \'{"widening": {"window": 20}}\' (a budget this short '
+                        'needs boundary decisions after fewer episodes)')
     p.add_argument("--env-steps", type=int, default=40_000, help="each arm's budget of env steps")
     p.add_argument("--minutes", type=float, default=30.0, help="each arm's time cap")
     p.add_argument("--time-limit", type=int, default=80, help="control steps per episode")
@@ -84,13 +87,14 @@ def main() -> None:
     init_eval = evaluate_run(EvalConfig(checkpoint=args.init, tasks="full", episodes=args.eval_episodes,
                                         seeds=(args.seed,), num_envs=10, time_limit=args.time_limit,
                                         out=str(Path(args.out) / "init-eval-full")))
-    arms = {"curriculum": run_arm("curriculum", args, {"strategy": args.curriculum}),
+    arms = {"curriculum": run_arm("curriculum", args, {**json.loads(args.curriculum_json), "strategy": args.curriculum}),
             "uniform": run_arm("uniform", args, {"strategy": "none"})}
     c, u = arms["curriculum"]["eval"], arms["uniform"]["eval"]
     lo, hi = difference_interval(c["successes"], c["episodes"], u["successes"], u["episodes"])
     out = {
         "bench": "curriculum_run", "curriculum_strategy": args.curriculum, "budget_env_steps": args.env_steps,
         "critic_hidden": args.critic_hidden, "candidates": args.candidates,
+        "curriculum_settings": json.loads(args.curriculum_json),
         "budget_minutes": args.minutes, "eval_tasks": "full", "eval_episodes": args.eval_episodes,
         "init_success": init_eval["success_rate"], "curriculum_success": c["success_rate"],
         "uniform_success": u["success_rate"], "curriculum_ci95": c["ci95"], "uniform_ci95": u["ci95"],
