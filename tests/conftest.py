@@ -20,6 +20,17 @@ def demos(tmp_path_factory):
     return str(out)
 
 
+def train_cli_error(tmp_path, capsys, argv) -> str:
+    """`ada-curriculum train` with bad options: exits 2 with one line on stderr and creates no
+    run directory; returns that line."""
+    from ada_curriculum.cli import main
+
+    assert main(["train", "--run", str(tmp_path / "run"), "--demos", str(tmp_path / "none"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+    return err
+
+
 @contextlib.contextmanager
 def jax_compile_cache(path: str):
     """A persistent XLA cache at `path` while inside (in process and for subprocesses): every

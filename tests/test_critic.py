@@ -86,12 +86,9 @@ def test_critic_learns_success_from_its_own_windows_and_leaves_the_denoiser_alon
      "error: diffusion.critic_hidden: the success critic does not carry over distillation"),
 ])
 def test_critic_configs_that_cannot_work_are_one_line_errors(tmp_path, capsys, argv, message):
-    from ada_curriculum.cli import main
+    from conftest import train_cli_error
 
-    assert main(["train", "--run", str(tmp_path / "run"), "--demos", str(tmp_path / "none"), *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(message) and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    assert train_cli_error(tmp_path, capsys, argv).startswith(message)
 
 
 def test_pretrain_refuses_a_critic(demos, tmp_path, capsys):

@@ -226,12 +226,9 @@ def test_diffusion_with_trials_writes_each_trial_and_evaluates_per_trial(demos, 
     (["--policy", "transformer", "--acting-inference-steps", "2"], "error: acting_inference_steps: DDIM steps"),
 ])
 def test_bad_trial_options_are_one_line_errors(tmp_path, capsys, argv, message):
-    from ada_curriculum.cli import main
+    from conftest import train_cli_error
 
-    assert main(["train", "--run", str(tmp_path / "run"), "--demos", str(tmp_path / "none"), *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(message) and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    assert train_cli_error(tmp_path, capsys, argv).startswith(message)
 
 
 def test_init_of_another_policy_kind_is_refused(demos, pretrained, tmp_path):
