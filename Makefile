@@ -30,9 +30,9 @@ TRAIN_ARGS ?= --tasks near --time-limit 80 --demo-fraction 0.25 --envs-per-actor
 	--eval-every 1000 --eval-episodes 60
 
 PYTEST_ARGS ?=
-# `make bench`: the throughput benchmarks; curriculum_run is an hour-long training experiment,
-# run on its own (`make bench BENCH=bench/curriculum_run.py`).
-BENCH ?= $(filter-out bench/curriculum_run.py,$(wildcard bench/*.py))
+# `make bench`: the throughput benchmarks; curriculum_run and rl_vs_control are half-hour-plus
+# training experiments, run on their own (`make bench BENCH=bench/rl_vs_control.py`).
+BENCH ?= $(filter-out bench/curriculum_run.py bench/rl_vs_control.py,$(wildcard bench/*.py))
 
 .PHONY: run test bench sysdeps venv clean
 
