@@ -280,7 +280,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
                                                      f"(= {policy.config.num_train_timesteps})")
         sampling = {"num_inference_steps": cfg.num_inference_steps}
     if cfg.num_candidates is not None:
-        if cfg.num_candidates > 1 and not getattr(policy, "has_critic", False):
+        if cfg.num_candidates > 1 and not policy.has_critic:
             raise ConfigError("num_candidates", f"choosing among candidates needs a success critic; "
                                                 f"{cfg.checkpoint} has none (train with --diffusion.critic-hidden)")
         if policy.kind == "diffusion":

@@ -102,7 +102,7 @@ def load_policy(run_dir: str | Path, use_ema: bool = True, step: int | None = No
 
         cfg = config_lib.load_config(TrainConfig, cfg_path)
         policy = make_policy(cfg.policy, cfg.policy_config())
-        optimizer = make_optimizer(cfg.optim, critic=getattr(policy, "has_critic", False))
+        optimizer = make_optimizer(cfg.optim, critic=policy.has_critic)
     else:
         cfg = config_lib.load_config(PretrainConfig, cfg_path)
         policy, optimizer, _ = build(cfg)

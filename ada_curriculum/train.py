@@ -216,9 +216,9 @@ def _initial_state(cfg: TrainConfig, policy, optimizer):
             raise CheckpointError(f"{cfg.policy}: the --init run's policy config differs from this run's; "
                                   f"pass the same --{cfg.policy}.* options")
         if pre_policy.config != policy.config:
-            if getattr(pre_policy, "has_critic", False):
+            if pre_policy.has_critic:
                 variables = {**variables, "params": variables["params"]["denoiser"]}
-            if getattr(policy, "has_critic", False):
+            if policy.has_critic:
                 variables = policy.with_critic(variables, jax.random.fold_in(rng, 1))
         return create_train_state(variables, optimizer, rng)
     from ada_curriculum.data import windows as windows_lib
@@ -407,7 +407,7 @@ def train(cfg: TrainConfig, on_start: Optional[Callable[["_Run"], None]] = None)
         policy = policy_at(distill, cfg.policy, cfg.diffusion, 0)
     else:
         policy = make_policy(cfg.policy, cfg.policy_config())
-    optimizer = make_optimizer(cfg.optim, critic=getattr(policy, "has_critic", False))
+    optimizer = make_optimizer(cfg.optim, critic=policy.has_critic)
     builder = Builder(cfg, policy)
     replay_layout = {"layout": builder.layout, "window": builder.window}
     if builder.layout == "sequence" and cfg.replay.min_size_to_sample > 64:

@@ -63,7 +63,7 @@ class LearnerWorker(Learner):
                  updates=None):
         self._client = replay_lib.ReplayClient(replay_address, window=window, n_obs_steps=policy.n_obs_steps)
         batches = self._client.mixed_batches(batch_size, demo_fraction)
-        optimizer = make_optimizer(optim_cfg, critic=getattr(policy, "has_critic", False))
+        optimizer = make_optimizer(optim_cfg, critic=policy.has_critic)
         super().__init__(policy, objective, optimizer, optim_cfg, state, batches, variable_source,
                          checkpoint_dir=checkpoint_dir, publish_every=publish_every, stall_timeout=stall_timeout,
                          generation=generation, teacher_variables=teacher_variables, updates=updates)

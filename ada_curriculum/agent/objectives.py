@@ -35,7 +35,7 @@ class SuccessWeightedBC:
         # advantage weighting max(success - baseline(task), 0) (agent/baseline.py).
         weight = is_demo * self.demo_weight + (1 - is_demo) * self.online_weight * batch["weight"]
         inputs = {**policy_inputs(policy, batch), "weight": weight}
-        if getattr(policy, "has_critic", False):
+        if policy.has_critic:
             # The critic estimates success under the acting policy, so it learns from the actors'
             # windows only (the scripted demos are another policy), each labelled with its
             # episode's success whatever the online weighting.

@@ -40,6 +40,9 @@ Batch = dict[str, Any]
 
 class Policy(abc.ABC):
     kind: ClassVar[str]
+    # A success critic beside the policy (policies/critic.py), trained by the learner and used
+    # when acting; only diffusion policies can have one.
+    has_critic: ClassVar[bool] = False
     obs_dim: int
     action_dim: int
     n_obs_steps: int

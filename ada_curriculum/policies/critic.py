@@ -55,11 +55,9 @@ def critic_loss(critic: ChunkCritic, params, normalizer: dict, obs, chunk, label
                  "critic_mean_prob": (jax.nn.sigmoid(logits) * mask).sum() / count}
 
 
-def select_best(chunks: jax.Array, logits: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
-    """Each row's best-rated candidate: chunks (B * N, n, A) and logits (B * N,), grouped as N
-    consecutive candidates per row -> ((B, n, A), the chosen logits (B,))."""
+def select_best(chunks: jax.Array, logits: jax.Array, batch: int) -> jax.Array:
+    """Each row's best-rated candidate (B, n, A) from chunks (B * N, n, A) and logits (B * N,),
+    grouped as N consecutive candidates per row."""
     n = chunks.shape[0] // batch
-    logits = logits.reshape(batch, n)
-    best = jnp.argmax(logits, axis=1)
-    rows = jnp.arange(batch)
-    return chunks.reshape(batch, n, *chunks.shape[1:])[rows, best], logits[rows, best]
+    best = jnp.argmax(logits.reshape(batch, n), axis=1)
+    return chunks.reshape(batch, n, *chunks.shape[1:])[jnp.arange(batch), best]

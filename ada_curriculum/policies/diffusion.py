@@ -119,7 +119,9 @@ class DiffusionConfig:
 
     def without_critic(self) -> "DiffusionConfig":
         """The same denoiser with no critic: what a pretrained (BC) run holds."""
-        return dataclasses.replace(self, critic_hidden=0, critic_layers=3, num_candidates=1)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        names = ("critic_hidden", "critic_layers", "num_candidates")
+        return dataclasses.replace(self, **{k: defaults[k] for k in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +331,7 @@ class DiffusionPolicy(Policy):
         if n == 1:
             return chunk
         logits = critic_logits(self.critic, variables["params"]["critic"], variables["normalizer"], obs, chunk)
-        return select_best(chunk, logits, obs.shape[0] // n)[0]
+        return select_best(chunk, logits, obs.shape[0] // n)
 
     def degradation_params(self, level: float) -> tuple[int, float]:
         """(DDIM steps, temperature) for a degradation level in [0, 1].
