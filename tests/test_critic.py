@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ada_curriculum import config as config_lib
 from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer, make_train_step
 from ada_curriculum.policies import normalizer
 from ada_curriculum.policies.critic import critic_logits
