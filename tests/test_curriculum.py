@@ -179,6 +179,38 @@ def test_widening_with_success_grows_monotonically_to_the_full_space():
     assert cur.metrics(state)["curriculum/coverage"] == 1.0
 
 
+def test_widening_moves_one_boundary_per_decision_from_the_nominal_start():
+    # At the nominal task every result lies on all 18 boundaries, so each window of results
+    # completes them all at once: one boundary moves per window, not all of them together.
+    cfg = widening_cfg(window=5)
+    state = cur.init(FULL, 0, cfg)
+    stages, widened = [], []
+    for _ in range(4):
+        state, tasks = cur.sample(state, 5)
+        before = cur.sampling_space(state)
+        state = cur.update(state, results(tasks, True))
+        after = cur.sampling_space(state)
+        stages.append(state["widening"]["stage"])
+        widened.append([n for n in FIELD_NAMES if (after[n].low, after[n].high) != (before[n].low, before[n].high)])
+    assert stages == [1, 2, 3, 4]
+    assert all(len(w) == 1 for w in widened) and len({w[0] for w in widened}) == 4  # a new dimension each time
+    # The other boundaries' windows restarted with the decision: 4 more results move nothing.
+    state, tasks = cur.sample(state, 4)
+    assert cur.update(state, results(tasks, True))["widening"]["stage"] == 4
+
+
+def test_widening_moves_the_boundary_with_the_best_window():
+    from ada_curriculum.curriculum import widening
+    cfg = WideningConfig(dims=("banana_x", "mass_scale"), window=4, threshold=0.5)
+    w = widening.init(FULL, cfg)
+    w["buffers"]["banana_x/hi"] = [1, 0, 1]  # 0.75 once the next success lands
+    w["buffers"]["mass_scale/lo"] = [1, 1, 1]  # 1.0
+    w["buffers"]["banana_x/lo"] = [1]
+    assert widening.record(w, FULL, cfg, NOMINAL, True) == 1
+    assert w["lo"]["mass_scale"] < NOMINAL.mass_scale and w["hi"]["banana_x"] == NOMINAL.banana_x
+    assert w["buffers"]["banana_x/hi"] == [] and w["buffers"]["banana_x/lo"] == [1, 1]  # decided / still filling
+
+
 def test_widening_without_success_stays_at_the_nominal_task():
     state = run(cur.init(FULL, 0, widening_cfg()), 30, False)
     assert state["episodes"] == 30 * 32

@@ -12,6 +12,13 @@ Sampling: with probability `boundary_prob` a task is pinned to one boundary that
 boundary; otherwise it is uniform over the box. A result counts for a boundary when its value
 lies on that boundary: results need no tag, results from before a boundary moved no longer
 count for it, and while a dimension is a single value every result measures both its sides.
+
+At most one boundary moves per decision. While dimensions are single values, one result fills
+the windows of all their boundaries at once; moving every one that passed would be a joint jump
+no episode has tested (measured in bench/curriculum_run.py: all nine dimensions widened within
+35 episodes and on-policy success fell from 0.71 to 0.04). So the boundaries one result
+completes are decided together: all their windows restart, and only the best of those that
+passed moves (highest success, then the least widened dimension, then in turn by stage).
 """
 
 from __future__ import annotations
@@ -98,11 +105,11 @@ def draw(w: dict, space: TaskSpace, cfg: WideningConfig, rng: np.random.Generato
 
 
 def record(w: dict, space: TaskSpace, cfg: WideningConfig, task: TaskParams, success: bool) -> int:
-    """Count one outcome for the boundaries it lies on; returns how many boundaries moved out.
+    """Count one outcome for the boundaries it lies on; returns how many boundaries moved out (0 or 1).
 
     Mutates `w` (callers hold a private copy).
     """
-    widened = 0
+    decided = []  # (success rate, name, side) of the windows this outcome completes
     for n in cfg.dims:
         v = getattr(task, n)
         for s in SIDES:
@@ -111,22 +118,29 @@ def record(w: dict, space: TaskSpace, cfg: WideningConfig, task: TaskParams, suc
                 continue
             buf = w["buffers"][f"{n}/{s}"]
             buf.append(int(success))
-            if len(buf) < cfg.window:
-                continue
-            rate = sum(buf) / len(buf)
-            buf.clear()
-            if rate >= cfg.threshold:
-                w[s][n] = moved(edge, lim, step_size(space, n, cfg), s)
-                w["stage"] += 1
-                widened += 1
-    return widened
+            if len(buf) >= cfg.window:
+                decided.append((sum(buf) / len(buf), n, s))
+                buf.clear()
+    passed = [d for d in decided if d[0] >= cfg.threshold]
+    if not passed:
+        return 0
+    best = max(rate for rate, _, _ in passed)
+    tied = [(n, s) for rate, n, s in passed if rate == best]
+    widest = {n: _share(w, space, n) for n, _ in tied}
+    tied = [(n, s) for n, s in tied if widest[n] == min(widest.values())]
+    n, s = tied[w["stage"] % len(tied)]
+    w[s][n] = moved(w[s][n], limit(space, n, s), step_size(space, n, cfg), s)
+    w["stage"] += 1
+    return 1
+
+
+def _share(w: dict, space: TaskSpace, name: str) -> float:
+    """The share of a dimension's full range that the box spans."""
+    d = space[name]
+    width = d.high - d.low
+    return 1.0 if width <= 0 else (w["hi"][name] - w["lo"][name]) / width
 
 
 def coverage(w: dict, space: TaskSpace, cfg: WideningConfig) -> float:
     """Mean share of each widened dimension's range that the box spans (1 when complete)."""
-    shares = []
-    for n in cfg.dims:
-        d = space[n]
-        width = d.high - d.low
-        shares.append(1.0 if width <= 0 else (w["hi"][n] - w["lo"][n]) / width)
-    return float(np.mean(shares))
+    return float(np.mean([_share(w, space, n) for n in cfg.dims]))
