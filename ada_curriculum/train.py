@@ -164,9 +164,6 @@ class TrainConfig:
             if self.distill.enabled:
                 raise ConfigError("distill.enabled", "distillation grows the diffusion U-Net; use --policy diffusion")
         if self.policy == "diffusion" and self.diffusion.critic_hidden:
-            if self.distill.enabled:
-                raise ConfigError("diffusion.critic_hidden", "the success critic does not carry over distillation's "
-                                                             "model switches yet; drop --distill or the critic")
             if self.replay.online_sampler != "uniform":
                 raise ConfigError("replay.online_sampler", "the success critic must see failed episodes too; the "
                                                            "weight sampler never draws them (use uniform)")

@@ -81,8 +81,6 @@ def test_critic_learns_success_from_its_own_windows_and_leaves_the_denoiser_alon
     (["--diffusion.num-candidates", "4"], "error: diffusion.num_candidates: choosing among candidates needs a critic"),
     (["--diffusion.critic-hidden", "32", "--replay.online-sampler", "weight"],
      "error: replay.online_sampler: the success critic must see failed episodes"),
-    (["--diffusion.critic-hidden", "32", "--distill", "--distill.switch-every-updates", "50", "--eval-every", "10"],
-     "error: diffusion.critic_hidden: the success critic does not carry over distillation"),
 ])
 def test_critic_configs_that_cannot_work_are_one_line_errors(tmp_path, capsys, argv, message):
     from conftest import train_cli_error

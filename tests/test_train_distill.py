@@ -234,3 +234,40 @@ def test_curriculum_coverage_triggers_the_switch_in_a_run(demos, tmp_path):
     # The learner rows before the switch had coverage below the trigger, and no kickstarting.
     assert all(rows[u]["curriculum/coverage"] < 0.01 and not rows[u].get("distill/active") for u in before)
     assert summary["curriculum"]["curriculum/coverage"] >= 0.01 and summary["distillation"]["distill/generation"] == 1
+
+
+def test_a_success_critic_carries_over_the_switch(demos, tmp_path):
+    # The student gets a fresh denoiser of its own size and the teacher's critic; both act with
+    # best-of-2 candidates, and the student's critic keeps learning after the switch.
+    import jax
+    import numpy as np
+
+    from ada_curriculum.distill import init_student, load_teacher, policy_at
+
+    critic = {"down_dims": [16, 32], "num_inference_steps": 2, "critic_hidden": 16, "num_candidates": 2}
+    run = tmp_path / "run"
+    summary = train(distilled(run, demos, max_updates=12, diffusion=critic))
+    assert summary["stopped_by"] == "max_updates" and summary["distillation"]["distill/generation"] == 1
+    after = [r for r in learner_rows(run) if r["updates"] > 8]
+    assert after and all(np.isfinite(r["critic_bce"]) and r["distill/distance"] >= 0 for r in after)
+
+    cfg = config_lib.from_dict(DistillConfig, DISTILL)
+    run_cfg = distilled(run, demos, diffusion=critic)
+    teacher_policy, student_policy = (policy_at(cfg, "diffusion", run_cfg.diffusion, g) for g in (0, 1))
+    teacher, _ = load_teacher(run / "distill" / "teacher-0-small", teacher_policy)
+    assert set(teacher["params"]) == {"denoiser", "critic"}
+    student = init_student(student_policy, teacher, jax.random.PRNGKey(1))
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]  # noqa: E731
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(student["params"]["critic"]),
+                                                     leaves(teacher["params"]["critic"])))
+    size = lambda p: sum(x.size for x in leaves(p))  # noqa: E731
+    assert size(student["params"]["denoiser"]) > 2 * size(teacher["params"]["denoiser"])  # a fresh, larger one
+
+    # The checkpointed student holds its own critic, which learned past the teacher's.
+    from ada_curriculum.pretrain import load_policy
+
+    policy, variables, _, _ = load_policy(run)
+    assert policy.has_critic and policy.config.down_dims == (32, 64)
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(variables["params"]["critic"]),
+                                                         leaves(teacher["params"]["critic"])))
+

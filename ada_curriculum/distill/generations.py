@@ -136,15 +136,25 @@ class Generation:
 
 
 def init_student(student_policy: Policy, teacher_variables: Variables, rng: jax.Array) -> Variables:
-    """Fresh student variables that share the teacher's normaliser.
+    """Fresh student variables that share the teacher's normaliser, and its success critic.
 
-    Sharing it keeps both models in the same normalised units (so their outputs compare
-    directly) and keeps the student's inputs as they were fitted on the demos. The arrays are
-    copied: the learner donates its state's buffers each update, which would invalidate a
-    normaliser shared with the teacher variables the loss still reads.
+    Sharing the normaliser keeps both models in the same normalised units (so their outputs
+    compare directly) and keeps the student's inputs as they were fitted on the demos. A success
+    critic (policies/critic.py) does not depend on the denoiser's size, and what it learned
+    (which chunks succeed on which tasks) holds for the student's samples too, so the student
+    starts with it rather than with one that ranks candidates at random. The arrays are copied:
+    the learner donates its state's buffers each update, which would invalidate arrays shared
+    with the teacher variables the loss still reads.
     """
-    normalizer = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), teacher_variables["normalizer"])
-    return student_policy.init(rng, normalizer)
+    copy = lambda tree: jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)  # noqa: E731
+    variables = student_policy.init(rng, copy(teacher_variables["normalizer"]))
+    if student_policy.has_critic:
+        teacher_critic = teacher_variables["params"].get("critic")
+        if teacher_critic is None:
+            raise ValueError("teacher: the student has a success critic and the teacher none; both come from the "
+                             "run's diffusion config, so they should match")
+        variables = {**variables, "params": {**variables["params"], "critic": copy(teacher_critic)}}
+    return variables
 
 
 def teacher_dir(run_dir: str | Path, state: Mapping) -> Path:
