@@ -126,8 +126,8 @@ def record(w: dict, space: TaskSpace, cfg: WideningConfig, task: TaskParams, suc
         return 0
     best = max(rate for rate, _, _ in passed)
     tied = [(n, s) for rate, n, s in passed if rate == best]
-    widest = {n: _share(w, space, n) for n, _ in tied}
-    tied = [(n, s) for n, s in tied if widest[n] == min(widest.values())]
+    shares = {n: _share(w, space, n) for n, _ in tied}
+    tied = [(n, s) for n, s in tied if shares[n] == min(shares.values())]  # the least widened first
     n, s = tied[w["stage"] % len(tied)]
     w[s][n] = moved(w[s][n], limit(space, n, s), step_size(space, n, cfg), s)
     w["stage"] += 1
