@@ -49,6 +49,9 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
     t0 = time.perf_counter()
     summary = train(cfg)
     seconds = time.perf_counter() - t0
+    if summary["stopped_by"] in ("SIGINT", "SIGTERM"):  # a stopped bench stops, not on to the next arm
+        raise SystemExit(f"{name}: stopped by {summary['stopped_by']}; its run is checkpointed in {run} "
+                         "(--resume continues it)")
     ev = evaluate_run(EvalConfig(checkpoint=str(run), tasks="full", episodes=args.eval_episodes, seeds=(args.seed,),
                                  num_envs=10, time_limit=args.time_limit, out=str(run / "eval-full")))
     return {"updates": summary["updates"], "env_steps": summary["env_steps"], "episodes": summary["episodes"],

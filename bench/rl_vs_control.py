@@ -54,6 +54,9 @@ def run_arm(name: str, args, **settings) -> dict:
     cfg = config_lib.from_dict(TrainConfig, {**base, **settings})
     t0 = time.perf_counter()
     summary = train(cfg)
+    if summary["stopped_by"] in ("SIGINT", "SIGTERM"):  # a stopped bench stops, not on to the next arm
+        raise SystemExit(f"{name}: stopped by {summary['stopped_by']}; its run is checkpointed in {run} "
+                         "(--resume continues it)")
     return {"updates": summary["updates"], "env_steps": summary["env_steps"], "episodes": summary["episodes"],
             "train_seconds": round(time.perf_counter() - t0, 1), "stopped_by": summary["stopped_by"],
             "on_policy_success": summary.get("success_rate"),
