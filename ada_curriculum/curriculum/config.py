@@ -71,8 +71,9 @@ class WideningConfig:
 
     Each listed dimension starts at the nominal task and each of its two boundaries moves out
     by `step` of the full range once the success of the last `window` episodes played on that
-    boundary reaches `threshold` (at most one boundary per decision, see widening.py). Boundaries never move in (ADR's lower threshold is left out):
-    the box only grows, so every sampled distribution contains the solved one.
+    boundary reaches `threshold` (at most one boundary per decision, see widening.py).
+    Boundaries never move in (ADR's lower threshold is left out): the box only grows, so every
+    sampled distribution contains the solved one.
     """
 
     dims: tuple[str, ...] = dataclasses.field(
