@@ -94,7 +94,9 @@ def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], keys,
             if head in saved:  # absent: a checkpoint from before the field existed
                 check_compatible(saved[head] or {}, current.get(head) or {}, [rest], prefix + head + ".")
             continue
-        a, b = saved.get(key), current.get(key)
+        if key not in saved:  # a field added since the checkpoint was made
+            continue
+        a, b = saved[key], current.get(key)
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             check_compatible(a, b, sorted(set(a) | set(b)), prefix + key + ".")
         elif a != b:

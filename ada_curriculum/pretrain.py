@@ -24,6 +24,7 @@ import numpy as np
 from ada_curriculum import config as config_lib
 from ada_curriculum import evaluate as evaluate_lib
 from ada_curriculum.checkpointing import Checkpointer, CheckpointError, check_compatible
+from ada_curriculum.data import augment as augment_lib
 from ada_curriculum.data import windows as windows_lib
 from ada_curriculum.data.loader import Prefetcher
 from ada_curriculum.learning import OptimConfig, TrainState, create_train_state, make_optimizer, make_train_step
@@ -35,7 +36,8 @@ from ada_curriculum.policies.transformer import TransformerConfig
 log = logging.getLogger(__name__)
 
 # Config sections that define the model and its optimiser: a checkpoint only resumes under these.
-COMPATIBLE_KEYS = ("policy", "diffusion", "transformer", "optim")
+# "augment" too: rotation widens the normaliser's action range when the run starts.
+COMPATIBLE_KEYS = ("policy", "diffusion", "transformer", "optim", "augment")
 
 
 @dataclasses.dataclass
@@ -62,6 +64,9 @@ class PretrainConfig:
                 "multi-trial store whose episodes fit in transformer.max_len, else sliding"})
     eval_episodes: int = dataclasses.field(default=0, metadata={"min": 0, "help": "evaluate the EMA policy at the end"})
     eval_tasks: Literal["nominal", "near", "full"] = "nominal"
+    augment: Literal["none", "rotate"] = dataclasses.field(default="none", metadata={
+        "help": "rotate: turn each training window about the vertical by a random angle (needs the relative "
+                "observation frame; see data.augment)"})
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
@@ -69,6 +74,7 @@ class PretrainConfig:
     def validate(self):
         self.optim.validate()
         self.policy_config().validate()
+        augment_lib.check(self.augment, self.policy_config().obs_frame)
         if self.policy == "diffusion" and self.diffusion.critic_hidden:
             raise config_lib.ConfigError("diffusion.critic_hidden", "the success critic learns from the actors' "
                                          "own successes and failures in `train`; pretrain has demos only")
@@ -202,9 +208,9 @@ def train_and_evaluate(cfg: PretrainConfig, workdir: str | Path | None = None) -
     cfg.validate()
     workdir = Path(workdir or cfg.out)
     workdir.mkdir(parents=True, exist_ok=True)
-    episodes = windows_lib.load_store(cfg.demos, only_successful=cfg.only_successful,
-                                      failed_trial_weight=cfg.failed_trial_weight)
     policy, optimizer, train_step = build(cfg)
+    episodes = windows_lib.load_store(cfg.demos, only_successful=cfg.only_successful,
+                                      failed_trial_weight=cfg.failed_trial_weight, frame=policy.obs_frame)
     data_info = _data_info(policy, episodes)
     whole_episodes = _whole_episodes(cfg, policy, data_info)
     if policy.kind == "transformer":
@@ -225,13 +231,18 @@ def train_and_evaluate(cfg: PretrainConfig, workdir: str | Path | None = None) -
         obs, act = windows_lib.stack_for_normalizer(episodes)
         rng = jax.random.PRNGKey(cfg.seed)
         init_rng, state_rng = jax.random.split(rng)
-        variables = policy.init(init_rng, normalizer_lib.fit(obs, act, obs_bounds=workspace_bounds()))
+        stats = normalizer_lib.fit(obs, act, obs_bounds=workspace_bounds(policy.obs_frame))
+        if cfg.augment == "rotate":
+            stats = augment_lib.rotation_symmetric(stats)
+        variables = policy.init(init_rng, stats)
         state = create_train_state(variables, optimizer, state_rng)
         counters = {"seconds": 0.0, "updates": 0}
     config_lib.save_config(cfg, workdir / "config.json")
 
     step_fn = jax.jit(train_step, donate_argnums=0)
     sampler = windows_lib.windows_for(policy, episodes, whole_episodes=whole_episodes)
+    if cfg.augment == "rotate":
+        sampler = augment_lib.RotatedSampler(sampler)
     # `step` counts attempted updates (a skipped non-finite update counts too; state.step does not).
     step = int(counters.get("updates", int(state.step)))
     batches = Prefetcher(sampler, cfg.batch_size, seed=cfg.seed * 1000 + step)

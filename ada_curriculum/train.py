@@ -38,6 +38,7 @@ from ada_curriculum.config import ConfigError
 from ada_curriculum.agent import remote
 from ada_curriculum.agent.builder import Builder
 from ada_curriculum.curriculum import CurriculumConfig
+from ada_curriculum.data import augment as augment_lib
 from ada_curriculum.distill import DistillConfig
 from ada_curriculum.checkpointing import Checkpointer, CheckpointError, check_compatible
 from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer
@@ -97,6 +98,9 @@ class TrainConfig:
     online_weighting: Literal["success", "advantage"] = dataclasses.field(default="success", metadata={
         "help": "online episode weight: its success, or max(success - baseline(task), 0) with a kernel "
                 "baseline over the actor's recent episodes (agent/baseline.py)"})
+    augment: Literal["none", "rotate"] = dataclasses.field(default="none", metadata={
+        "help": "rotate: turn each replay window about the vertical by a random angle before the update "
+                "(needs the relative observation frame; see data.augment)"})
     updates_per_call: int = dataclasses.field(default=10, metadata={"min": 1})
     publish_every: int = dataclasses.field(default=10, metadata={"min": 1})
     stall_timeout: float = dataclasses.field(default=120.0, metadata={"min": 0.0, "help": "seconds without a batch"})
@@ -145,6 +149,7 @@ class TrainConfig:
             self.transformer.validate()
         except ConfigError as e:
             raise e.under("transformer") from None
+        augment_lib.check(self.augment, self.policy_config().obs_frame)
         if self.trials is not None and (isinstance(self.trials, bool) or self.trials < 1):
             raise ConfigError("trials", f"expected an int >= 1, got {self.trials!r}")
         if self.sequence_length is not None:
@@ -220,9 +225,11 @@ def _initial_state(cfg: TrainConfig, policy, optimizer):
         return create_train_state(variables, optimizer, rng)
     from ada_curriculum.data import windows as windows_lib
 
-    episodes = windows_lib.load_store(cfg.demos)
-    variables = policy.init(rng, normalizer_lib.fit(*windows_lib.stack_for_normalizer(episodes),
-                                                       obs_bounds=workspace_bounds()))
+    episodes = windows_lib.load_store(cfg.demos, frame=policy.obs_frame)
+    stats = normalizer_lib.fit(*windows_lib.stack_for_normalizer(episodes), obs_bounds=workspace_bounds(policy.obs_frame))
+    if cfg.augment == "rotate":
+        stats = augment_lib.rotation_symmetric(stats)
+    variables = policy.init(rng, stats)
     return create_train_state(variables, optimizer, rng)
 
 
@@ -240,7 +247,7 @@ def _load_demos(client, cfg: TrainConfig, layout: str = "diffusion", trials: Opt
     items = 0
     store_trials = set()
     for ep in EpisodeStore(cfg.demos):
-        obs = flatten_obs(ep.observations)
+        obs = flatten_obs(ep.observations, cfg.policy_config().obs_frame)
         task = np.array([ep.task[k] for k in sorted(ep.task, key=list(ep.task).index)], np.float32)
         trial = np.asarray(ep.observations.get("trial_index", np.zeros(len(obs))), np.int32)[: ep.length]
         trial_success, _ = trial_results(trial, ep.rewards)

@@ -16,8 +16,9 @@ from ada_curriculum.agent.learner import Learner
 from ada_curriculum.agent.objectives import SuccessWeightedBC
 from ada_curriculum.agent.task_source import TaskSource
 from ada_curriculum.agent.variable_source import VariableSource
+from ada_curriculum.data import augment as augment_lib
 from ada_curriculum.learning import make_optimizer
-from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM
+from ada_curriculum.policies.obs import ACTION_DIM
 
 TASK_DIM = 9
 
@@ -60,9 +61,12 @@ class LearnerWorker(Learner):
 
     def __init__(self, policy, optim_cfg, objective, state, replay_address, window, batch_size, demo_fraction,
                  variable_source, checkpoint_dir, publish_every, stall_timeout, generation=None, teacher_variables=None,
-                 updates=None):
+                 updates=None, augment="none", seed=0):
         self._client = replay_lib.ReplayClient(replay_address, window=window, n_obs_steps=policy.n_obs_steps)
         batches = self._client.mixed_batches(batch_size, demo_fraction)
+        if augment == "rotate":
+            # A fresh stream per (re)start: the angles need not replay, only be uniform.
+            batches = augment_lib.rotated_batches(batches, seed=seed + (updates or 0))
         optimizer = make_optimizer(optim_cfg, critic=policy.has_critic)
         super().__init__(policy, objective, optimizer, optim_cfg, state, batches, variable_source,
                          checkpoint_dir=checkpoint_dir, publish_every=publish_every, stall_timeout=stall_timeout,
@@ -149,7 +153,7 @@ class Builder:
             # One thread cannot wait on itself: in process, acting and learning alternate at a
             # fixed ratio set by the coordinator, so the rate limiter must never block.
             replay = dataclasses.replace(replay, error_buffer=1e12)
-        return dict(config=replay, obs_dim=OBS_DIM, action_dim=ACTION_DIM, task_dim=TASK_DIM,
+        return dict(config=replay, obs_dim=self.policy.obs_dim, action_dim=ACTION_DIM, task_dim=TASK_DIM,
                     window=self.window, checkpoint_dir=checkpoint_dir, layout=self.layout,
                     chunk=self.policy.n_action_steps if self.layout == "sequence" else None)
 
@@ -196,7 +200,8 @@ class Builder:
                     objective=self.objective(), state=state, replay_address=replay_address, window=self.window,
                     batch_size=c.batch_size, demo_fraction=c.demo_fraction, variable_source=variable_source,
                     checkpoint_dir=checkpoint_dir, publish_every=c.publish_every, stall_timeout=c.stall_timeout,
-                    generation=generation, teacher_variables=teacher_variables, updates=updates)
+                    generation=generation, teacher_variables=teacher_variables, updates=updates,
+                    augment=c.augment, seed=c.seed)
 
     def make_learner(self, state, replay_address, variable_source, checkpoint_dir, **distill) -> LearnerWorker:
         return LearnerWorker(**self.learner_args(state, replay_address, variable_source, checkpoint_dir, **distill))

@@ -224,7 +224,7 @@ class EmbeddingProbe:
             probes = probe_tasks(self.per_region, self.seed)
             env = envs.make(self.env_name, tasks="full", seed=self.seed, **self.env_kwargs)
             try:
-                first = [flatten_obs(env.reset(task=task, seed=self.seed + k).observation)
+                first = [flatten_obs(env.reset(task=task, seed=self.seed + k).observation, self.policy.obs_frame)
                          for k, (task, _) in enumerate(probes)]
             finally:
                 env.close()

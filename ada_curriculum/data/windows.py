@@ -39,11 +39,13 @@ class EpisodeArrays:
         return len(self.action)
 
 
-def episode_arrays(episode, weight: float = 1.0, failed_trial_weight: float | None = None) -> EpisodeArrays:
+def episode_arrays(episode, weight: float = 1.0, failed_trial_weight: float | None = None,
+                   frame: str = "world") -> EpisodeArrays:
     """From an `episode_store.Episode` (or anything with observations/actions/rewards).
 
     `failed_trial_weight` not None: per-action weights, 1 in successful trials and this value
     in failed ones (trial success read from the rewards, see `episode_store.trial_results`).
+    `frame`: the policy's observation frame (`policies.obs.FRAMES`).
     """
     obs = episode.observations
     trial = obs.get("trial_index")
@@ -54,13 +56,14 @@ def episode_arrays(episode, weight: float = 1.0, failed_trial_weight: float | No
         trials = action_trials(trial, n - 1)
         action_weight = np.where(np.asarray(success, bool)[trials], 1.0, float(failed_trial_weight)).astype(np.float32)
     return EpisodeArrays(
-        obs=flatten_obs(obs), action=np.asarray(episode.actions, np.float32),
+        obs=flatten_obs(obs, frame), action=np.asarray(episode.actions, np.float32),
         trial_index=np.zeros(n, np.int32) if trial is None else np.asarray(trial, np.int32).reshape(n),
         weight=weight, action_weight=action_weight,
     )
 
 
-def load_store(path, only_successful: bool = False, failed_trial_weight: float = 0.0) -> list[EpisodeArrays]:
+def load_store(path, only_successful: bool = False, failed_trial_weight: float = 0.0,
+               frame: str = "world") -> list[EpisodeArrays]:
     """Episodes of a store. `only_successful`: per-action weights from trial success (see the
     module docstring); an episode whose every action has weight 0 is left out."""
     from ada_curriculum.episode_store import EpisodeStore
@@ -68,7 +71,8 @@ def load_store(path, only_successful: bool = False, failed_trial_weight: float =
     store = EpisodeStore(path)
     episodes = []
     for ep in store:
-        arrays = episode_arrays(ep, failed_trial_weight=failed_trial_weight if only_successful else None)
+        arrays = episode_arrays(ep, failed_trial_weight=failed_trial_weight if only_successful else None,
+                                frame=frame)
         if arrays.action_weight is None or np.any(arrays.action_weight > 0):
             episodes.append(arrays)
     if not episodes:

@@ -31,13 +31,15 @@ def make_policy(kind: str, config=None, **overrides) -> Policy:
     if overrides:
         config = dataclasses.replace(config, **overrides)
     config.validate()
+    from ada_curriculum.policies.obs import obs_dim
+
     if kind == "diffusion":
         from ada_curriculum.policies.diffusion import DiffusionPolicy
 
-        return DiffusionPolicy(config)
+        return DiffusionPolicy(config, obs_dim=obs_dim(config.obs_frame))
     from ada_curriculum.policies.transformer import TransformerPolicy
 
-    return TransformerPolicy(config)
+    return TransformerPolicy(config, obs_dim=obs_dim(config.obs_frame))
 
 
 __all__ = ["KINDS", "Policy", "config_class", "make_policy"]

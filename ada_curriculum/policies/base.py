@@ -61,5 +61,10 @@ class Policy(abc.ABC):
     def predict_action(self, variables: Variables, batch: Batch, rng: jax.Array, **sampling) -> jax.Array:
         """Raw action chunk (B, n_action_steps, action_dim)."""
 
+    @property
+    def obs_frame(self) -> str:
+        """How observations are flattened for this policy (`policies.obs.FRAMES`)."""
+        return getattr(self.config, "obs_frame", "world")
+
     def param_count(self, variables: Variables) -> int:
         return sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))

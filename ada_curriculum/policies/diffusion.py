@@ -25,7 +25,7 @@ from ada_curriculum.policies.base import Batch, Policy, Variables
 from ada_curriculum.policies.critic import ChunkCritic, critic_logits, critic_loss, select_best
 from ada_curriculum.policies.diffusion_models import ConditionalUnet1D
 from ada_curriculum.policies.noise_schedule import add_noise, ddim_sample, make_schedule
-from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, binarize_gripper
+from ada_curriculum.policies.obs import ACTION_DIM, FRAMES, OBS_DIM, binarize_gripper
 
 # Every preset has three levels (two halvings: 16 -> 8 -> 4), so any horizon divisible by 4
 # works with all of them.
@@ -51,6 +51,9 @@ class DiffusionConfig:
     n_obs_steps: int = dataclasses.field(default=2, metadata={"help": "observations conditioned on"})
     horizon: int = dataclasses.field(default=16, metadata={"help": "action steps denoised together"})
     n_action_steps: int = dataclasses.field(default=8, metadata={"help": "action steps executed per prediction"})
+    obs_frame: Literal["world", "relative"] = dataclasses.field(default="world", metadata={
+        "help": "observation frame: world (positions on the table) or relative (the scene seen from the hand; "
+                "see policies.obs)"})
     num_train_timesteps: int = 100
     num_inference_steps: int = dataclasses.field(default=10, metadata={"help": "DDIM steps at full quality"})
     binary_gripper: bool = dataclasses.field(default=True, metadata={
@@ -112,6 +115,8 @@ class DiffusionConfig:
         if self.critic_hidden < 0 or self.critic_layers < 1:
             raise ConfigError("critic_hidden", f"must be >= 0 with critic_layers >= 1, got "
                                                f"{self.critic_hidden}/{self.critic_layers}")
+        if self.obs_frame not in FRAMES:
+            raise ConfigError("obs_frame", f"expected one of {', '.join(FRAMES)}, got {self.obs_frame!r}")
         if self.num_candidates < 1:
             raise ConfigError("num_candidates", f"must be >= 1, got {self.num_candidates}")
         if self.num_candidates > 1 and not self.critic_hidden:

@@ -1,4 +1,14 @@
-"""Which observation entries a policy sees, flattened into one low-dimensional vector."""
+"""Which observation entries a policy sees, flattened into one low-dimensional vector.
+
+Two frames (a policy's `obs_frame`, saved with its config):
+- "world": the env's entries as they are (`OBS_KEYS`), positions in the arm base's frame.
+- "relative": what the scripted teleoperator acts on, and nothing that pins the scene to one
+  place on the table: the banana from the hand, the plate from the banana, heights, the gripper,
+  and the banana's heading from the hand's (doubled, since the grasp works either way round).
+  Shifting the whole scene leaves it unchanged, and turning the scene about the vertical turns
+  its horizontal vectors with the actions' (`PLANAR_PAIRS`), which is what `data.augment`
+  rotates. Demos of one placement then cover every direction of approach.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +21,14 @@ OBS_KEYS = ("joint_pos", "joint_vel", "gripper", "ee_pos", "ee_yaw", "banana_pos
 OBS_SIZES = {"joint_pos": 6, "joint_vel": 6, "gripper": 1, "ee_pos": 3, "ee_yaw": 2,
              "banana_pos": 3, "banana_quat": 4, "target_pos": 3}
 OBS_DIM = sum(OBS_SIZES[k] for k in OBS_KEYS)
+FRAMES = ("world", "relative")
+# The relative frame's layout: (name, size).
+RELATIVE_LAYOUT = (("banana_from_ee", 3), ("target_from_banana", 3), ("ee_z", 1), ("gripper", 1),
+                   ("grasp_heading", 2))
+RELATIVE_DIM = sum(n for _, n in RELATIVE_LAYOUT)
+# Horizontal (x, y) index pairs a rotation about the vertical turns: in the relative frame's
+# observation, and in the action (the end effector's x/y delta).
+PLANAR_PAIRS = {"relative": ((0, 1), (3, 4)), "action": ((0, 1),)}
 ACTION_DIM = 5
 GRIPPER = 4  # the gripper command's index in the action vector (-1 open, +1 closed)
 
@@ -35,20 +53,38 @@ def binarize_gripper(actions):
     return actions.at[..., GRIPPER].set(snapped)
 
 
-def flatten_obs(obs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """(..., OBS_DIM) float32 from a dict of (..., size) arrays (leading dims preserved).
+def check_frame(frame: str) -> None:
+    if frame not in FRAMES:
+        raise ValueError(f"obs_frame: expected one of {', '.join(FRAMES)}, got {frame!r}")
+
+
+def obs_dim(frame: str = "world") -> int:
+    check_frame(frame)
+    return OBS_DIM if frame == "world" else RELATIVE_DIM
+
+
+def flatten_obs(obs: Mapping[str, np.ndarray], frame: str = "world") -> np.ndarray:
+    """(..., obs_dim(frame)) float32 from a dict of (..., size) arrays (leading dims preserved).
 
     Accepts both the env's observation dict and a store's `obs/<key>` dict.
     """
-    parts = []
-    for k in OBS_KEYS:
-        v = obs[k] if k in obs else obs["obs/" + k]
-        v = np.asarray(v, np.float32)
-        parts.append(v.reshape(*v.shape[: v.ndim - (1 if OBS_SIZES[k] else 0)], OBS_SIZES[k]))
-    return np.concatenate(parts, axis=-1)
+    check_frame(frame)
+
+    def entry(k):
+        v = np.asarray(obs[k] if k in obs else obs["obs/" + k], np.float32)
+        return v.reshape(*v.shape[: v.ndim - (1 if OBS_SIZES[k] else 0)], OBS_SIZES[k])
+
+    if frame == "world":
+        return np.concatenate([entry(k) for k in OBS_KEYS], axis=-1)
+    ee, banana, target, quat, ee_yaw = (entry(k) for k in ("ee_pos", "banana_pos", "target_pos", "banana_quat",
+                                                          "ee_yaw"))
+    # Heading from a flat banana's quaternion (w, x, y, z): yaw = 2 atan2(z, w).
+    heading = 2 * np.arctan2(quat[..., 3], quat[..., 0]) - np.arctan2(ee_yaw[..., 1], ee_yaw[..., 0])
+    return np.concatenate([banana - ee, target - banana, ee[..., 2:3], entry("gripper"),
+                           np.cos(2 * heading)[..., None], np.sin(2 * heading)[..., None]], axis=-1).astype(np.float32)
 
 
-def workspace_bounds() -> tuple[np.ndarray, np.ndarray]:
+def workspace_bounds(frame: str = "world") -> tuple[np.ndarray, np.ndarray]:
     """Per observation entry, the (low, high) the task space can produce; NaN where unknown.
 
     Positions on the table (banana, plate, end effector in x/y) span the full task space's
@@ -63,9 +99,19 @@ def workspace_bounds() -> tuple[np.ndarray, np.ndarray]:
     import envs
     from envs.banana_place import MAX_YAW
 
+    check_frame(frame)
     full = envs.FULL
     x = (min(full["banana_x"].low, full["target_x"].low), max(full["banana_x"].high, full["target_x"].high))
     y = (min(full["banana_y"].low, full["target_y"].low), max(full["banana_y"].high, full["target_y"].high))
+    if frame == "relative":
+        # Horizontal vectors get the same bound in x and y (a disc, not the table's box), so a
+        # rotated one never leaves it: the length of the table's diagonal.
+        r = float(np.hypot(x[1] - x[0], y[1] - y[0]))
+        low, high = np.full(RELATIVE_DIM, np.nan), np.full(RELATIVE_DIM, np.nan)
+        for i, j in PLANAR_PAIRS["relative"]:
+            low[[i, j]], high[[i, j]] = -r, r
+        low[-2:], high[-2:] = -1.0, 1.0  # the doubled heading's cos/sin
+        return low, high
     half_yaw = np.array([full["banana_yaw"].low, full["banana_yaw"].high]) / 2
     low, high = np.full(OBS_DIM, np.nan), np.full(OBS_DIM, np.nan)
     start = dict(zip(OBS_KEYS, np.cumsum([0] + [OBS_SIZES[k] for k in OBS_KEYS[:-1]]).tolist()))

@@ -160,7 +160,7 @@ class PolicyRunner:
                     for history in (self._obs[j], self._prev[j], self._trial[j]):
                         history.clear()
                     self._last_action[j] = np.zeros(self.policy.action_dim, np.float32)
-            self._obs[j].append(flatten_obs(obs))
+            self._obs[j].append(flatten_obs(obs, self.policy.obs_frame))
             self._prev[j].append(self._last_action[j])
             self._trial[j].append(trial)
         need = [j for j in range(n) if active[j] and not self._queue[j]]

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ada_curriculum.config import ConfigError
 from ada_curriculum.policies import normalizer as norm_lib
 from ada_curriculum.policies.base import Batch, Policy, Variables
-from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, binarize_gripper
+from ada_curriculum.policies.obs import ACTION_DIM, FRAMES, OBS_DIM, binarize_gripper
 from ada_curriculum.policies.transformer_models import CausalTransformer
 
 
@@ -56,6 +56,9 @@ class TransformerConfig:
     dropout: float = dataclasses.field(default=0.0, metadata={"help": "dropout rate in [0, 1)"})
     binary_gripper: bool = dataclasses.field(default=True, metadata={
         "help": "snap the predicted gripper command to open/closed (see policies.obs.binarize_gripper)"})
+    obs_frame: Literal["world", "relative"] = dataclasses.field(default="world", metadata={
+        "help": "observation frame: world (positions on the table) or relative (the scene seen from the hand; "
+                "see policies.obs)"})
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -68,6 +71,8 @@ class TransformerConfig:
             raise ConfigError("n_action_steps", f"must be >= 1, got {self.n_action_steps}")
         if self.max_trials < 1:
             raise ConfigError("max_trials", f"must be >= 1, got {self.max_trials}")
+        if self.obs_frame not in FRAMES:
+            raise ConfigError("obs_frame", f"expected one of {', '.join(FRAMES)}, got {self.obs_frame!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
 
