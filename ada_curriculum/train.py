@@ -203,6 +203,15 @@ class TrainConfig:
                 raise ConfigError("distill.switch_on_coverage", "needs a curriculum (--curriculum widening|band|plr)")
 
 
+def init_frame_settings(init: str | Path) -> dict:
+    """The observation frame and augmentation of a pretrained run, as `train` settings: what a
+    fine-tuning run from it (`--init`) must repeat."""
+    saved = json.loads((Path(init) / "config.json").read_text())
+    kind = saved.get("policy", "diffusion")
+    return {kind: {"obs_frame": (saved.get(kind) or {}).get("obs_frame", "world")},
+            "augment": saved.get("augment", "none")}
+
+
 def _initial_state(cfg: TrainConfig, policy, optimizer):
     """Train state from the pretrained run (its EMA weights), else fresh from the demos."""
     rng = jax.random.PRNGKey(cfg.seed)
@@ -214,6 +223,9 @@ def _initial_state(cfg: TrainConfig, policy, optimizer):
         # Only the denoiser must match: a success critic (policies/critic.py) is taken along when
         # both runs have the same one, else this run's starts fresh (a BC run has none).
         denoiser = lambda c: c.without_critic() if hasattr(c, "without_critic") else c  # noqa: E731
+        if pre_policy.obs_frame != policy.obs_frame:
+            raise CheckpointError(f"{cfg.policy}.obs_frame: the --init run sees observations in the "
+                                  f"{pre_policy.obs_frame!r} frame; pass --{cfg.policy}.obs-frame {pre_policy.obs_frame}")
         if denoiser(pre_policy.config) != denoiser(policy.config):
             raise CheckpointError(f"{cfg.policy}: the --init run's policy config differs from this run's; "
                                   f"pass the same --{cfg.policy}.* options")

@@ -1,6 +1,7 @@
 """Curriculum vs uniform sampling: the same fixed budget of actor-learner training from the same
-beachhead, one run with a curriculum over the full task space and one sampling the full task
-space uniformly, then held-out full-distribution success for both (and for the beachhead).
+beachhead, one run with a curriculum over the full task space (one per strategy when
+`--curriculum` lists several) and one sampling the full task space uniformly, then held-out
+full-distribution success for each (and for the beachhead).
 
 Both arms start from the same `--init` run (BC on the nominal demos), fill the same demo table,
 use the same seeds and the same budget (`--env-steps`, with `--minutes` as a safety cap), and
@@ -12,8 +13,12 @@ the evaluation stream, never the actors'), identical for every policy.
         [--env-steps 40000] [--minutes 30] [--curriculum widening] [--eval-episodes 100] [--out runs/bench-curriculum]
         [--critic-hidden 256 --candidates 8]   # RL with a success critic, as in rl_vs_control
 
+The beachhead's observation frame and augmentation (`pretrain --diffusion.obs-frame relative
+--augment rotate`) carry on into every arm.
+
 Last line: one JSON object with `curriculum_success`, `uniform_success`, their 95% intervals, the
-difference, and `curriculum_wins` (the curriculum's success above the uniform arm's).
+difference, and `curriculum_wins` (the first strategy's success above the uniform arm's), and
+under `strategies` the same against uniform for every strategy run.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from pathlib import Path
 from ada_curriculum import config as config_lib
 from ada_curriculum.cli import EvalConfig, evaluate_run
 from ada_curriculum.evaluate import difference_interval
-from ada_curriculum.train import TrainConfig, train
+from ada_curriculum.train import TrainConfig, init_frame_settings, train
 
 
 def run_arm(name: str, args, curriculum: dict) -> dict:
     run = Path(args.out) / name
+    frame = init_frame_settings(args.init)  # the beachhead's observation frame and augmentation carry on
     if run.exists() and not args.resume:
         shutil.rmtree(run)
     settings = {
@@ -41,7 +47,8 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
         "max_env_steps": args.env_steps, "max_minutes": args.minutes, "checkpoint_every": 1000,
         "eval_every": 0, "dashboard": False, "embedding_every": 0, "seed": args.seed, "curriculum": curriculum,
         "distributed": not args.in_process,
-        "diffusion": {"critic_hidden": args.critic_hidden, "num_candidates": args.candidates},
+        "diffusion": {**frame["diffusion"], "critic_hidden": args.critic_hidden, "num_candidates": args.candidates},
+        "augment": frame["augment"],
         "optim": {"learning_rate": args.learning_rate, "warmup_steps": 100, "decay_steps": 100_000,
                   "ema_warmup": False, "ema_decay": 0.995},
     }
@@ -67,7 +74,8 @@ def main() -> None:
     p.add_argument("--demos", default="runs/demos-nominal-50")
     p.add_argument("--init", default="runs/bc-diffusion")
     p.add_argument("--out", default="runs/bench-curriculum")
-    p.add_argument("--curriculum", default="widening", choices=["widening", "band", "plr"])
+    p.add_argument("--curriculum", default="widening",
+                   help="strategy, or several comma-separated (widening,band,plr): one arm each, beside uniform")
     p.add_argument("--curriculum-json", default="{}",
                    help='more curriculum settings, e.g. \'{"widening": {"window": 20}}\' (a budget this short '
                         'needs boundary decisions after fewer episodes)')
@@ -86,25 +94,39 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue arms whose run directories exist")
     p.add_argument("--in-process", action="store_true", help="actors and learner in this process (a smoke run)")
     args = p.parse_args()
+    strategies = [s.strip() for s in args.curriculum.split(",") if s.strip()]
+    unknown = sorted(set(strategies) - {"widening", "band", "plr"}) or (["none given"] if not strategies else [])
+    if unknown:
+        p.error(f"--curriculum: unknown strategy {', '.join(unknown)} (known: widening, band, plr)")
 
     init_eval = evaluate_run(EvalConfig(checkpoint=args.init, tasks="full", episodes=args.eval_episodes,
                                         seeds=(args.seed,), num_envs=10, time_limit=args.time_limit,
                                         out=str(Path(args.out) / "init-eval-full")))
-    arms = {"curriculum": run_arm("curriculum", args, {**json.loads(args.curriculum_json), "strategy": args.curriculum}),
-            "uniform": run_arm("uniform", args, {"strategy": "none"})}
-    c, u = arms["curriculum"]["eval"], arms["uniform"]["eval"]
-    lo, hi = difference_interval(c["successes"], c["episodes"], u["successes"], u["episodes"])
+    settings = json.loads(args.curriculum_json)
+    # The first strategy's arm keeps the name "curriculum" (and its run directory) as before.
+    names = {s: "curriculum" if i == 0 else f"curriculum-{s}" for i, s in enumerate(strategies)}
+    arms = {names[s]: run_arm(names[s], args, {**settings, "strategy": s}) for s in strategies}
+    arms["uniform"] = run_arm("uniform", args, {"strategy": "none"})
+    u = arms["uniform"]["eval"]
+
+    def versus_uniform(c):
+        lo, hi = difference_interval(c["successes"], c["episodes"], u["successes"], u["episodes"])
+        return {"success": c["success_rate"], "ci95": c["ci95"], "minus_uniform": round(c["success_rate"] - u["success_rate"], 4),
+                "difference_ci95": [round(lo, 4), round(hi, 4)], "wins": c["success_rate"] > u["success_rate"],
+                "wins_significantly": lo > 0}
+
+    strategies_out = {s: versus_uniform(arms[names[s]]["eval"]) for s in strategies}
+    c, first = arms["curriculum"]["eval"], strategies_out[strategies[0]]
     out = {
-        "bench": "curriculum_run", "curriculum_strategy": args.curriculum, "budget_env_steps": args.env_steps,
+        "bench": "curriculum_run", "curriculum_strategy": strategies[0], "budget_env_steps": args.env_steps,
         "critic_hidden": args.critic_hidden, "candidates": args.candidates,
         "curriculum_settings": json.loads(args.curriculum_json),
         "budget_minutes": args.minutes, "eval_tasks": "full", "eval_episodes": args.eval_episodes,
         "init_success": init_eval["success_rate"], "curriculum_success": c["success_rate"],
         "uniform_success": u["success_rate"], "curriculum_ci95": c["ci95"], "uniform_ci95": u["ci95"],
-        "curriculum_minus_uniform": round(c["success_rate"] - u["success_rate"], 4),
-        "difference_ci95": [round(lo, 4), round(hi, 4)],
-        "curriculum_wins": c["success_rate"] > u["success_rate"], "curriculum_wins_significantly": lo > 0,
-        "arms": arms,
+        "curriculum_minus_uniform": first["minus_uniform"], "difference_ci95": first["difference_ci95"],
+        "curriculum_wins": first["wins"], "curriculum_wins_significantly": first["wins_significantly"],
+        "strategies": strategies_out, "arms": arms,
     }
     (Path(args.out) / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out))

@@ -31,7 +31,7 @@ from pathlib import Path
 from ada_curriculum import config as config_lib
 from ada_curriculum.cli import EvalConfig, evaluate_run
 from ada_curriculum.evaluate import difference_interval
-from ada_curriculum.train import TrainConfig, train
+from ada_curriculum.train import TrainConfig, init_frame_settings, train
 
 
 def evaluate(args, checkpoint: str, out: Path, **kw) -> dict:
@@ -51,6 +51,10 @@ def run_arm(name: str, args, **settings) -> dict:
         "max_minutes": args.minutes, "checkpoint_every": 500, "eval_every": 0, "dashboard": False,
         "embedding_every": 0, "seed": args.seed, "distributed": not args.in_process,
     }
+    # The beachhead's observation frame and augmentation carry on into both arms.
+    frame = init_frame_settings(args.init)
+    settings = {**settings, "augment": frame["augment"],
+                "diffusion": {**frame["diffusion"], **settings.get("diffusion", {})}}
     cfg = config_lib.from_dict(TrainConfig, {**base, **settings})
     t0 = time.perf_counter()
     summary = train(cfg)

@@ -111,7 +111,8 @@ def test_rotation_is_refused_in_the_world_frame(tmp_path, capsys):
 
 
 def test_a_relative_rotated_beachhead_trains_acts_and_fine_tunes(demos, tmp_path):
-    from ada_curriculum.train import TrainConfig, train
+    from ada_curriculum.checkpointing import CheckpointError
+    from ada_curriculum.train import TrainConfig, init_frame_settings, train
 
     bc = tmp_path / "bc"
     frame = ["--diffusion.obs-frame", "relative", "--diffusion.down-dims", "16,32",
@@ -134,7 +135,16 @@ def test_a_relative_rotated_beachhead_trains_acts_and_fine_tunes(demos, tmp_path
         "diffusion": {"obs_frame": "relative", "down_dims": [16, 32], "num_inference_steps": 2},
         "optim": {"warmup_steps": 2}, "dashboard": False, "embedding_every": 0,
     }
+    # Fine-tuning in another frame than the beachhead's is refused, naming the field.
+    world = {**settings, "run": str(tmp_path / "rl-world"), "augment": "none",
+             "diffusion": {"down_dims": [16, 32], "num_inference_steps": 2}}
+    with pytest.raises(CheckpointError, match="^diffusion.obs_frame: the --init run sees observations in the "
+                                              "'relative' frame; pass --diffusion.obs-frame relative$"):
+        train(config_lib.from_dict(TrainConfig, world))
+    assert not (tmp_path / "rl-world" / "checkpoints").exists()
+
     summary = train(config_lib.from_dict(TrainConfig, settings))
     assert summary["updates"] >= 8 and summary["replay"]["online"]["size"] > 0
     tuned, _, tuned_cfg, _ = load_policy(run)
     assert tuned.obs_dim == RELATIVE_DIM and tuned_cfg.augment == "rotate"
+    assert init_frame_settings(bc) == {"diffusion": {"obs_frame": "relative"}, "augment": "rotate"}

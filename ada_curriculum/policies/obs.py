@@ -95,6 +95,7 @@ def workspace_bounds(frame: str = "world") -> tuple[np.ndarray, np.ndarray]:
     later placement inside [-1, 1]: fitted on the demos alone, a plate 4 cm off the demo's maps to
     4x its training range, and a banana turned by 27 degrees (the `near` box) to 9x, since
     nominal demos only hold the few degrees the banana turns while it is carried.
+    In the relative frame the horizontal vectors get one bound for x and y alike (see below).
     """
     import envs
     from envs.banana_place import MAX_YAW
