@@ -83,6 +83,14 @@ class PretrainConfig:
         return getattr(self, self.policy)
 
 
+def fit_normalizer(episodes, frame: str, augment: str = "none") -> dict:
+    """Normaliser statistics from demo episodes, widened to what the task space can produce in
+    `frame` and, under rotation, to every heading of the actions."""
+    obs, act = windows_lib.stack_for_normalizer(episodes)
+    stats = normalizer_lib.fit(obs, act, obs_bounds=workspace_bounds(frame))
+    return augment_lib.rotation_symmetric(stats) if augment == "rotate" else stats
+
+
 def build(cfg: PretrainConfig):
     """(policy, optimizer, train_step) for a config."""
     policy = make_policy(cfg.policy, cfg.policy_config())
@@ -228,13 +236,9 @@ def train_and_evaluate(cfg: PretrainConfig, workdir: str | Path | None = None) -
         counters = meta.get("counters", {})
         print(f"resuming {workdir} from update {start_step}")
     else:
-        obs, act = windows_lib.stack_for_normalizer(episodes)
         rng = jax.random.PRNGKey(cfg.seed)
         init_rng, state_rng = jax.random.split(rng)
-        stats = normalizer_lib.fit(obs, act, obs_bounds=workspace_bounds(policy.obs_frame))
-        if cfg.augment == "rotate":
-            stats = augment_lib.rotation_symmetric(stats)
-        variables = policy.init(init_rng, stats)
+        variables = policy.init(init_rng, fit_normalizer(episodes, policy.obs_frame, cfg.augment))
         state = create_train_state(variables, optimizer, state_rng)
         counters = {"seconds": 0.0, "updates": 0}
     config_lib.save_config(cfg, workdir / "config.json")

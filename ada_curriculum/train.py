@@ -43,11 +43,10 @@ from ada_curriculum.distill import DistillConfig
 from ada_curriculum.checkpointing import Checkpointer, CheckpointError, check_compatible
 from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer
 from ada_curriculum.metrics_store import MetricsConfig
-from ada_curriculum.policies import make_policy, normalizer as normalizer_lib
-from ada_curriculum.policies.obs import workspace_bounds
+from ada_curriculum.policies import make_policy
 from ada_curriculum.policies.diffusion import DiffusionConfig
 from ada_curriculum.policies.transformer import TransformerConfig
-from ada_curriculum.pretrain import _StopFlag, load_policy, state_template
+from ada_curriculum.pretrain import _StopFlag, fit_normalizer, load_policy, state_template
 from ada_curriculum.replay import ReplayConfig, ReplayServer
 
 log = logging.getLogger(__name__)
@@ -238,10 +237,7 @@ def _initial_state(cfg: TrainConfig, policy, optimizer):
     from ada_curriculum.data import windows as windows_lib
 
     episodes = windows_lib.load_store(cfg.demos, frame=policy.obs_frame)
-    stats = normalizer_lib.fit(*windows_lib.stack_for_normalizer(episodes), obs_bounds=workspace_bounds(policy.obs_frame))
-    if cfg.augment == "rotate":
-        stats = augment_lib.rotation_symmetric(stats)
-    variables = policy.init(rng, stats)
+    variables = policy.init(rng, fit_normalizer(episodes, policy.obs_frame, cfg.augment))
     return create_train_state(variables, optimizer, rng)
 
 

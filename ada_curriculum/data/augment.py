@@ -38,8 +38,8 @@ def _turn(x: np.ndarray, pairs, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     c = cos.reshape(-1, *([1] * (x.ndim - 2)))
     s = sin.reshape(-1, *([1] * (x.ndim - 2)))
     for i, j in pairs:
-        a, b = x[..., i].copy(), x[..., j].copy()
-        x[..., i], x[..., j] = c * a - s * b, s * a + c * b
+        a, b = x[..., i], x[..., j]
+        x[..., i], x[..., j] = c * a - s * b, s * a + c * b  # both sides computed before either is written
     return x
 
 

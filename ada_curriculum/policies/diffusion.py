@@ -25,7 +25,7 @@ from ada_curriculum.policies.base import Batch, Policy, Variables
 from ada_curriculum.policies.critic import ChunkCritic, critic_logits, critic_loss, select_best
 from ada_curriculum.policies.diffusion_models import ConditionalUnet1D
 from ada_curriculum.policies.noise_schedule import add_noise, ddim_sample, make_schedule
-from ada_curriculum.policies.obs import ACTION_DIM, FRAMES, OBS_DIM, binarize_gripper
+from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, binarize_gripper, check_frame
 
 # Every preset has three levels (two halvings: 16 -> 8 -> 4), so any horizon divisible by 4
 # works with all of them.
@@ -115,8 +115,7 @@ class DiffusionConfig:
         if self.critic_hidden < 0 or self.critic_layers < 1:
             raise ConfigError("critic_hidden", f"must be >= 0 with critic_layers >= 1, got "
                                                f"{self.critic_hidden}/{self.critic_layers}")
-        if self.obs_frame not in FRAMES:
-            raise ConfigError("obs_frame", f"expected one of {', '.join(FRAMES)}, got {self.obs_frame!r}")
+        check_frame(self.obs_frame)
         if self.num_candidates < 1:
             raise ConfigError("num_candidates", f"must be >= 1, got {self.num_candidates}")
         if self.num_candidates > 1 and not self.critic_hidden:

@@ -54,8 +54,10 @@ def binarize_gripper(actions):
 
 
 def check_frame(frame: str) -> None:
+    from ada_curriculum.config import ConfigError
+
     if frame not in FRAMES:
-        raise ValueError(f"obs_frame: expected one of {', '.join(FRAMES)}, got {frame!r}")
+        raise ConfigError("obs_frame", f"expected one of {', '.join(FRAMES)}, got {frame!r}")
 
 
 def obs_dim(frame: str = "world") -> int:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ada_curriculum.config import ConfigError
 from ada_curriculum.policies import normalizer as norm_lib
 from ada_curriculum.policies.base import Batch, Policy, Variables
-from ada_curriculum.policies.obs import ACTION_DIM, FRAMES, OBS_DIM, binarize_gripper
+from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, binarize_gripper, check_frame
 from ada_curriculum.policies.transformer_models import CausalTransformer
 
 
@@ -71,8 +71,7 @@ class TransformerConfig:
             raise ConfigError("n_action_steps", f"must be >= 1, got {self.n_action_steps}")
         if self.max_trials < 1:
             raise ConfigError("max_trials", f"must be >= 1, got {self.max_trials}")
-        if self.obs_frame not in FRAMES:
-            raise ConfigError("obs_frame", f"expected one of {', '.join(FRAMES)}, got {self.obs_frame!r}")
+        check_frame(self.obs_frame)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
 
