@@ -105,7 +105,7 @@ def collect(cfg: CollectConfig) -> dict:
         trials = env.trials
         env.close()
         return _collect_with_policy(cfg, out, env_kwargs, trials)
-    demo = envs.ScriptedDemonstrator(seed=cfg.seed, play=cfg.play)
+    demo = envs.ScriptedDemonstrator(seed=cfg.seed, play=cfg.play, plate_offsets=env.plate_offsets)
 
     from tqdm import tqdm
 
@@ -403,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(summary["success_per_trial"]) > 1:
                 print("success per trial: " + ", ".join(f"{r:.2f}" for r in summary["success_per_trial"])
                       + f"; last - first: {summary['last_vs_first_trial']:+.2f}")
+            if "right_plate_per_trial" in summary:
+                print("right plate per placement: " + ", ".join(
+                    "-" if r is None else f"{r:.2f}" for r in summary["right_plate_per_trial"]))
         elif args.command == "train":
             from ada_curriculum.train import TrainConfig, train
 

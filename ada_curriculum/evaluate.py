@@ -75,6 +75,8 @@ class EpisodeResult:
     trial_successes: list[bool]
     unstable: bool
     trial_steps: list[int] = dataclasses.field(default_factory=list)
+    # Hidden-plate env only: per trial, whether the banana was placed on the unrewarded plate.
+    trial_wrong_plate: list[bool] | None = None
 
 
 def rollout(policy, variables, plan: Sequence[tuple], env_name: str = "banana-place", num_envs: int = 8,
@@ -103,6 +105,7 @@ def rollout(policy, variables, plan: Sequence[tuple], env_name: str = "banana-pl
     steps = [0] * num_envs
     trial_success: list[list[bool]] = [[] for _ in range(num_envs)]
     trial_steps: list[list[int]] = [[] for _ in range(num_envs)]
+    trial_wrong: list[list[bool]] = [[] for _ in range(num_envs)]
     frames: dict[int, list[np.ndarray]] = {}
 
     def start(j):
@@ -113,7 +116,7 @@ def rollout(policy, variables, plan: Sequence[tuple], env_name: str = "banana-pl
         task, ep_seed = plan[next_ep]
         slot_ep[j], next_ep = next_ep, next_ep + 1
         timesteps[j] = pool[j].reset(task=task, seed=ep_seed)
-        steps[j], trial_success[j], trial_steps[j] = 0, [], []
+        steps[j], trial_success[j], trial_steps[j], trial_wrong[j] = 0, [], [], []
         runner.reset(j)
         if recorders is not None:
             recorders[j].start(timesteps[j])
@@ -137,11 +140,13 @@ def rollout(policy, variables, plan: Sequence[tuple], env_name: str = "banana-pl
             if ts.info.get("trial_ended") or ts.last():
                 trial_success[j].append(bool(ts.info["success"]))
                 trial_steps[j].append(steps[j] - sum(trial_steps[j]))
+                trial_wrong[j].append(bool(ts.info.get("wrong_plate", False)))
             if ts.last():
                 result = EpisodeResult(
                     task=pool[j].task, seed=pool[j].episode_seed, success=bool(ts.info["success"]),
                     steps=steps[j], trial_successes=trial_success[j], unstable=bool(ts.info["physics_unstable"]),
-                    trial_steps=trial_steps[j])
+                    trial_steps=trial_steps[j],
+                    trial_wrong_plate=trial_wrong[j] if pool[j].hidden_plate else None)
                 results[slot_ep[j]] = result
                 if recorders is not None:
                     episode = recorders[j].finish(
@@ -189,7 +194,27 @@ def summarize(results: Sequence[EpisodeResult]) -> dict:
         "mean_steps": float(np.mean([r.steps for r in results])) if n else 0.0,
         "unstable": sum(r.unstable for r in results),
         "per_bin": dict(sorted(bins.items())), **per_trial_summary([r.trial_successes for r in results]),
+        **plate_choice_summary(results),
     }
+
+
+def plate_choice_summary(results: Sequence[EpisodeResult]) -> dict:
+    """Hidden-plate env: per trial index, the fraction of trials that placed the banana on a plate
+    (`placed_per_trial`) and, of those, the fraction on the rewarded one (`right_plate_per_trial`,
+    None where no trial placed). The second isolates the choice from the motor skill: a policy
+    that learns from its earlier trials chooses right about half the time in trial 1 and always
+    after. Empty for the other envs."""
+    rows = [(r.trial_successes, r.trial_wrong_plate) for r in results if r.trial_wrong_plate is not None]
+    if not rows:
+        return {}
+    k = max(len(s) for s, _ in rows)
+    placed, right = [], []
+    for i in range(k):
+        outcomes = [(bool(s[i]), bool(w[i])) for s, w in rows if len(s) > i]
+        n_placed = sum(a or b for a, b in outcomes)
+        placed.append(n_placed / len(outcomes))
+        right.append(sum(a for a, _ in outcomes) / n_placed if n_placed else None)
+    return {"placed_per_trial": placed, "right_plate_per_trial": right}
 
 
 def per_trial_summary(trial_successes: Sequence[Sequence[bool]], z: float = 1.96) -> dict:

@@ -250,12 +250,12 @@ def _load_demos(client, cfg: TrainConfig, layout: str = "diffusion", trials: Opt
 
     from ada_curriculum.agent.actor import trial_action_weights, trial_spans
     from ada_curriculum.episode_store import EpisodeStore, trial_results
-    from ada_curriculum.policies.obs import flatten_obs
+    from ada_curriculum.policies.obs import flatten_obs, with_trial_reward
 
     items = 0
     store_trials = set()
     for ep in EpisodeStore(cfg.demos):
-        obs = flatten_obs(ep.observations, cfg.policy_config().obs_frame)
+        obs = flatten_obs(with_trial_reward(ep.observations, ep.rewards), cfg.policy_config().obs_frame)
         task = np.array([ep.task[k] for k in sorted(ep.task, key=list(ep.task).index)], np.float32)
         trial = np.asarray(ep.observations.get("trial_index", np.zeros(len(obs))), np.int32)[: ep.length]
         trial_success, _ = trial_results(trial, ep.rewards)

@@ -21,6 +21,8 @@ from envs.task_space import (  # noqa: E402
 _REGISTRY = {
     "banana-place": dict(trials=1),
     "banana-place-multi": dict(trials=3),
+    # Two look-alike plates, one rewarded per episode: what only memory of earlier trials solves.
+    "banana-place-hidden": dict(trials=3, hidden_plate=True),
 }
 
 

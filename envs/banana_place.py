@@ -6,7 +6,17 @@ sparse: 1 when the banana is released and rests still on the target plate, else 
 
 With `trials > 1` an episode holds k trials of the same task: when a trial ends the scene is
 reset to the same task (new arm-noise draw) and the episode goes on, with the trial index in
-the observation. Reward for a trial arrives on the step that ends it.
+the observation. Reward for a trial arrives on the step that ends it, and every observation of
+the next trial carries it as `trial_reward` (0 throughout the first trial), so a policy with
+memory sees what its earlier attempts earned, as ADA's agents see their rewards.
+
+`hidden_plate=True` (the `banana-place-hidden` env) poses a task that only memory solves: two
+plates that look the same sit `HIDDEN_PLATE_OFFSET` either side of the task's target along x,
+and one of them, drawn per episode and kept across its trials, is the rewarded one. The
+observation's `target_pos` is the pair's centre, so nothing but an attempt's outcome tells the
+plates apart. Placing the banana on either plate ends the trial; only the rewarded one pays.
+The best strategy is to try a plate, keep it if it paid and switch if it did not: about half
+the first trials succeed, and every later one can.
 """
 
 from __future__ import annotations
@@ -38,6 +48,11 @@ SUCCESS_RADIUS = 0.07
 SUCCESS_MAX_Z = 0.05
 SUCCESS_MAX_SPEED = 0.05
 SUCCESS_STILL_STEPS = 3
+
+# The hidden-plate variant: plate centres at the target -/+ this along x, and the least distance
+# from the banana's start to either (so the banana never starts on a plate).
+HIDDEN_PLATE_OFFSET = 0.12
+HIDDEN_PLATE_CLEARANCE = scene.PLATE_RADIUS + 0.05
 
 TaskSource = Union[str, TaskSpace, TaskParams]
 
@@ -76,11 +91,12 @@ class _Physics:
     distractor_qadr: list
     ee_site: int
     home_q: np.ndarray
+    other_plate_body: int | None = None
     scaled_mass: float = 1.0
 
 
-def _make_physics(n_distractors: int) -> _Physics:
-    m = scene.build_model(n_distractors)
+def _make_physics(n_distractors: int, second_plate: bool = False) -> _Physics:
+    m = scene.build_model(n_distractors, second_plate)
     # Instability must surface as a truncated trial, not as MuJoCo silently resetting the state.
     m.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
     d = mujoco.MjData(m)
@@ -104,6 +120,7 @@ def _make_physics(n_distractors: int) -> _Physics:
         target_body=m.body("target").id,
         distractor_qadr=[m.joint(f"distractor_{i}").qposadr[0] for i in range(n_distractors)],
         ee_site=m.site("ee").id, home_q=home_q,
+        other_plate_body=m.body("other_plate").id if second_plate else None,
     )
 
 
@@ -130,11 +147,12 @@ class BananaPlace(dm_env.Environment):
       time_limit: control steps per trial before truncation.
       trials: trials of the same task per episode (k); 1 for the plain task.
       image: add an RGB camera image to the observation (needs offscreen GL, e.g. OSMesa).
+      hidden_plate: two look-alike plates, one rewarded per episode (see the module docstring).
     """
 
     def __init__(self, tasks: TaskSource = "nominal", seed: int | None = 0, time_limit: int = 150,
                  trials: int = 1, image: bool = False, image_size: tuple[int, int] = (96, 96),
-                 camera: str = "front"):
+                 camera: str = "front", hidden_plate: bool = False):
         if int(time_limit) < 1:
             raise TaskError(f"time_limit: must be >= 1, got {time_limit}")
         if int(trials) < 1:
@@ -146,6 +164,8 @@ class BananaPlace(dm_env.Environment):
         self.image = bool(image)
         self.image_size = tuple(image_size)
         self.camera = camera
+        self.hidden_plate = bool(hidden_plate)
+        self.rewarded_plate: int | None = None
         self._physics: dict[int, _Physics] = {}
         self._renderer = None
         self._p: _Physics | None = None
@@ -163,10 +183,21 @@ class BananaPlace(dm_env.Environment):
         task_seed, episode_seed = np.random.SeedSequence(self.episode_seed).spawn(2)
         self._episode_rng = np.random.default_rng(episode_seed)
         if task is None:
-            task = self._tasks if isinstance(self._tasks, TaskParams) else self._tasks.sample(
-                np.random.default_rng(task_seed))
+            task_rng = np.random.default_rng(task_seed)
+            task = self._tasks if isinstance(self._tasks, TaskParams) else self._tasks.sample(task_rng)
+            # A drawn task whose banana would start on a hidden-variant plate is drawn again.
+            for _ in range(1000):
+                if isinstance(self._tasks, TaskParams) or self._plates_clear(task):
+                    break
+                task = self._tasks.sample(task_rng)
         self.task = FULL.validate(task)
+        if not self._plates_clear(self.task):
+            raise TaskError(f"target_x/target_y: with hidden_plate the banana must start at least "
+                            f"{HIDDEN_PLATE_CLEARANCE:.2f} m from both plates (target -/+ {HIDDEN_PLATE_OFFSET} m in x)")
+        if self.hidden_plate:
+            self.rewarded_plate = int(self._episode_rng.integers(2))
         self._trial = 0
+        self._trial_reward = 0.0
         self._new_physics_for_task()
         self._reset_trial(place_distractors=True)
         self._needs_reset = False
@@ -196,15 +227,23 @@ class BananaPlace(dm_env.Environment):
         # A sum is non-finite iff some element is (or the state has blown up past float range).
         unstable = (d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > bad_before
                     or not math.isfinite(d.qpos.sum() + d.qvel.sum()))
-        success = False
+        success = wrong_plate = False
         if not unstable:
-            self._still = self._still + 1 if self._banana_resting_on_target() else 0
-            success = self._still >= SUCCESS_STILL_STEPS
+            plate = self._plate_under_banana()
+            # Consecutive resting steps on one plate.
+            self._still = 0 if plate is None else self._still + 1 if plate == self._resting_plate else 1
+            self._resting_plate = plate
+            settled = self._still >= SUCCESS_STILL_STEPS
+            rewarded = plate == (self.rewarded_plate if self.hidden_plate else 0)
+            success, wrong_plate = settled and rewarded, settled and not rewarded
         timeout = self._t >= self.time_limit
         reward = 1.0 if success else 0.0
-        trial_over = success or unstable or timeout
+        trial_over = success or wrong_plate or unstable or timeout
         info = {"success": success, "physics_unstable": bool(unstable),
-                "time_limit": bool(timeout and not success and not unstable), "trial": self._trial}
+                "time_limit": bool(timeout and not success and not unstable and not wrong_plate),
+                "trial": self._trial}
+        if self.hidden_plate:
+            info["wrong_plate"] = bool(wrong_plate)
         if unstable:
             # The state is garbage; return the last good observation instead of NaNs.
             obs = self._last_obs
@@ -213,6 +252,7 @@ class BananaPlace(dm_env.Environment):
 
         if trial_over and self._trial + 1 < self.trials:
             self._trial += 1
+            self._trial_reward = reward
             self._reset_trial(place_distractors=False)
             info["trial_ended"] = True
             return TimeStep(dm_env.StepType.MID, reward, 1.0, self._observation(), info)
@@ -235,6 +275,7 @@ class BananaPlace(dm_env.Environment):
             "banana_quat": specs.Array((4,), f, "banana_quat"),
             "target_pos": specs.Array((3,), f, "target_pos"),
             "trial_index": specs.Array((), np.int32, "trial_index"),
+            "trial_reward": specs.Array((), np.float32, "trial_reward"),
         }
         if self.image:
             h, w = self.image_size
@@ -275,16 +316,40 @@ class BananaPlace(dm_env.Environment):
     def physics(self) -> _Physics:
         return self._p
 
+    @property
+    def plate_offsets(self) -> tuple[tuple[float, float], ...] | None:
+        """The hidden-plate variant's plate centres relative to `target_pos` (x, y); else None."""
+        if not self.hidden_plate:
+            return None
+        return ((-HIDDEN_PLATE_OFFSET, 0.0), (HIDDEN_PLATE_OFFSET, 0.0))
+
+    def plate_centres(self, task: TaskParams | None = None) -> list[np.ndarray]:
+        """(x, y) of every plate: the target's, or the hidden variant's two."""
+        task = task or self.task
+        centre = np.array([task.target_x, task.target_y])
+        if not self.hidden_plate:
+            return [centre]
+        return [centre + offset for offset in self.plate_offsets]
+
+    def _plates_clear(self, task: TaskParams) -> bool:
+        if not self.hidden_plate:
+            return True
+        banana = np.array([task.banana_x, task.banana_y])
+        return all(np.hypot(*(banana - c)) >= HIDDEN_PLATE_CLEARANCE for c in self.plate_centres(task))
+
     def _new_physics_for_task(self):
         task = self.task
         if task.n_distractors not in self._physics:
-            self._physics[task.n_distractors] = _make_physics(task.n_distractors)
+            self._physics[task.n_distractors] = _make_physics(task.n_distractors, self.hidden_plate)
         p = self._p = self._physics[task.n_distractors]
         m = p.model
         m.geom_friction[p.friction_geoms, 0] = p.nominal_friction * task.friction_scale
         m.body_mass[p.banana_body] = p.nominal_mass * task.mass_scale
         m.body_inertia[p.banana_body] = p.nominal_inertia * task.mass_scale
-        m.body_pos[p.target_body, :2] = (task.target_x, task.target_y)
+        plates = self.plate_centres(task)
+        m.body_pos[p.target_body, :2] = plates[0]
+        if p.other_plate_body is not None:
+            m.body_pos[p.other_plate_body, :2] = plates[1]
         if p.scaled_mass != task.mass_scale:
             # Derived constants (e.g. inverse weights used by the solver) depend on the masses;
             # stale ones make a heavier banana blow up under the implicit integrator.
@@ -316,29 +381,33 @@ class BananaPlace(dm_env.Environment):
         self._cmd_yaw = float(np.clip(self._cmd_yaw, -MAX_YAW, MAX_YAW))
         self._t = 0
         self._still = 0
+        self._resting_plate = None
 
     def _sample_distractors(self, rng, n):
         task = self.task
+        plates = self.plate_centres()
         placed = []
         for _ in range(n):
             for _ in range(200):
                 xy = rng.uniform((0.3, -0.35), (0.7, 0.35))
                 if (np.hypot(*(xy - (task.banana_x, task.banana_y))) > 0.15
-                        and np.hypot(*(xy - (task.target_x, task.target_y))) > scene.PLATE_RADIUS + 0.05
+                        and all(np.hypot(*(xy - c)) > scene.PLATE_RADIUS + 0.05 for c in plates)
                         and all(np.hypot(*(xy - o[:2])) > 0.08 for o in placed)):
                     break
             yaw = rng.uniform(-np.pi, np.pi)
             placed.append(np.concatenate([xy, [scene.DISTRACTOR_HALF_SIZE + 0.001], ik.yaw_quat(yaw)]))
         return placed
 
-    def _banana_resting_on_target(self) -> bool:
+    def _plate_under_banana(self) -> int | None:
+        """Index (into `plate_centres`) of the plate the banana rests on, released; else None."""
         p, d = self._p, self._p.data
         pos = d.xpos[p.banana_body]
-        if np.hypot(pos[0] - self.task.target_x, pos[1] - self.task.target_y) > SUCCESS_RADIUS:
-            return False
         if pos[2] > SUCCESS_MAX_Z or np.linalg.norm(d.qvel[p.banana_dofadr:p.banana_dofadr + 3]) > SUCCESS_MAX_SPEED:
-            return False
-        return not self._fingers_touch_banana()
+            return None
+        for i, (x, y) in enumerate(self.plate_centres()):
+            if np.hypot(pos[0] - x, pos[1] - y) <= SUCCESS_RADIUS:
+                return None if self._fingers_touch_banana() else i
+        return None
 
     def _fingers_touch_banana(self) -> bool:
         d, p = self._p.data, self._p
@@ -366,6 +435,7 @@ class BananaPlace(dm_env.Environment):
             "banana_quat": d.qpos[b + 3:b + 7].astype(np.float32),
             "target_pos": np.array([self.task.target_x, self.task.target_y, 2 * scene.PLATE_HALF_HEIGHT], np.float32),
             "trial_index": np.array(self._trial, np.int32),
+            "trial_reward": np.array(self._trial_reward, np.float32),
         }
         if self.image:
             obs["image"] = self.render()

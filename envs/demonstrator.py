@@ -8,6 +8,13 @@ the banana slips or is missed, as a person would.
 
 With `play=True` it performs several interactions in a row (seed 000's "play"): it puts the
 banana down at one or two intermediate spots before the final placement on the target.
+
+With `plate_offsets` (the hidden-plate env's `plate_offsets`: two look-alike plates around
+`target_pos`, one rewarded) it explores: it tries plate `first_plate` in the first trial, then
+keeps a plate that paid and switches from one that did not, reading the outcome from the
+observation's `trial_reward` (what the previous trial earned) when a new trial starts. It is never told which plate pays. The
+first guess is a fixed habit by default, not a coin flip: either is optimal, but a policy that
+regresses its actions (the transformer) would average a coin flip into the gap between plates.
 """
 
 from __future__ import annotations
@@ -22,16 +29,27 @@ PLACE_Z = 2 * scene.PLATE_HALF_HEIGHT + scene.BANANA_REST_Z + 0.012
 
 
 class ScriptedDemonstrator:
-    def __init__(self, seed: int | None = 0, play: bool = False, noise: float = 1.0):
+    def __init__(self, seed: int | None = 0, play: bool = False, noise: float = 1.0,
+                 plate_offsets: tuple | None = None, first_plate: int | None = 0):
         self._rng = np.random.default_rng(seed)
         self.play = play
         self.noise = noise
+        self.plate_offsets = None if plate_offsets is None else np.asarray(plate_offsets, np.float64)
+        self.first_plate = first_plate  # None: drawn per episode
         self.reset()
 
     def reset(self, seed: int | None = None):
-        """Start a new trial with a freshly drawn style."""
+        """Start a new episode (its first trial with a freshly drawn style)."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
+        self.plate = None
+        if self.plate_offsets is not None:
+            n = len(self.plate_offsets)
+            self.plate = int(self._rng.integers(n)) if self.first_plate is None else int(self.first_plate) % n
+        self._trial = None
+        self._new_trial()
+
+    def _new_trial(self):
         r = self._rng
         self.speed = r.uniform(0.55, 1.0)
         self.approach_height = r.uniform(0.08, 0.14)
@@ -47,13 +65,14 @@ class ScriptedDemonstrator:
         self._next("approach")
         self._retries = 0
         self._grasp_yaw = None
-        self._trial = None
 
     # A phase returns (goal position, goal yaw, gripper command, whether the goal is reached).
     def act(self, obs: dict) -> np.ndarray:
         trial = int(obs["trial_index"])
         if self._trial is not None and trial != self._trial:
-            self.reset()
+            if self.plate is not None and float(obs.get("trial_reward", 0.0)) <= 0.0:
+                self.plate = (self.plate + 1) % len(self.plate_offsets)  # that plate did not pay
+            self._new_trial()
         self._trial = trial
 
         ee = np.asarray(obs["ee_pos"], np.float64)
@@ -61,6 +80,8 @@ class ScriptedDemonstrator:
         banana = np.asarray(obs["banana_pos"], np.float64)
         banana_yaw = ik.quat_yaw(np.asarray(obs["banana_quat"], np.float64))
         target = np.asarray(obs["target_pos"], np.float64)
+        if self.plate is not None:
+            target = target + np.array([*self.plate_offsets[self.plate], 0.0])
         gripper = float(obs["gripper"][0])
         axis = np.array([np.cos(banana_yaw), np.sin(banana_yaw), 0.0])
         grasp_point = banana + self.grasp_offset * axis

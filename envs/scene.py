@@ -1,9 +1,10 @@
 """The banana-placement scene, written as MJCF in code.
 
 A 6-DoF arm (pan, shoulder, elbow; spherical wrist pitch-roll-yaw) with a parallel-jaw
-gripper on two slide joints, a table, a curved banana made of capsules, a target plate and
-up to `MAX_DISTRACTORS` small blocks. The number of distractors changes the model's body
-count, so one model is compiled per count and cached by the environment.
+gripper on two slide joints, a table, a curved banana made of capsules, a target plate (and,
+in the hidden-plate variant, a second one that looks the same) and up to `MAX_DISTRACTORS`
+small blocks. The number of distractors changes the model's body count, so one model is
+compiled per count and cached by the environment.
 
 Everything is in metres, kilograms and radians; the table top is the plane z = 0 and the
 arm base stands on it at the origin, facing +x.
@@ -76,7 +77,17 @@ def _distractors(n: int) -> str:
     )
 
 
-def scene_xml(n_distractors: int = 0) -> str:
+def _second_plate(present: bool) -> str:
+    # The hidden-plate variant's twin: the same look as the target, so nothing but the outcome
+    # of an attempt tells the two apart.
+    if not present:
+        return ""
+    return (f'<body name="other_plate" pos="0.62 0.15 {PLATE_HALF_HEIGHT}">'
+            f'<geom name="other_plate" type="cylinder" size="{PLATE_RADIUS} {PLATE_HALF_HEIGHT}" '
+            f'rgba="0.92 0.92 0.95 1" friction="0.9 0.005 0.0001"/></body>')
+
+
+def scene_xml(n_distractors: int = 0, second_plate: bool = False) -> str:
     if not 0 <= n_distractors <= MAX_DISTRACTORS:
         raise ValueError(f"n_distractors: must be in [0, {MAX_DISTRACTORS}], got {n_distractors}")
     return f"""
@@ -114,6 +125,7 @@ def scene_xml(n_distractors: int = 0) -> str:
       <geom name="plate" type="cylinder" size="{PLATE_RADIUS} {PLATE_HALF_HEIGHT}" rgba="0.92 0.92 0.95 1" friction="0.9 0.005 0.0001"/>
       <site name="target" size="0.01" rgba="1 0 0 0.5"/>
     </body>
+    {_second_plate(second_plate)}
     <body name="base" pos="0 0 0">
       <geom type="cylinder" size="0.07 0.025" pos="0 0 0.025" rgba="0.3 0.3 0.32 1"/>
       <body name="link1" pos="0 0 0.05" gravcomp="1">
@@ -175,6 +187,6 @@ def scene_xml(n_distractors: int = 0) -> str:
 """
 
 
-def build_model(n_distractors: int = 0) -> mujoco.MjModel:
-    return mujoco.MjModel.from_xml_string(scene_xml(n_distractors))
+def build_model(n_distractors: int = 0, second_plate: bool = False) -> mujoco.MjModel:
+    return mujoco.MjModel.from_xml_string(scene_xml(n_distractors, second_plate))
 

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ada_curriculum.config import ConfigError
-from ada_curriculum.policies.obs import PLANAR_PAIRS
+from ada_curriculum.policies.obs import PLANAR_PAIRS, geometry
 
 AUGMENTATIONS = ("none", "rotate")
 ACTION_KEYS = ("action", "prev_action")
@@ -28,7 +28,7 @@ def check(augment: str, obs_frame: str) -> None:
     """Raises ConfigError naming `augment` for a setting the observation frame cannot take."""
     if augment not in AUGMENTATIONS:
         raise ConfigError("augment", f"expected one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
-    if augment == "rotate" and obs_frame != "relative":
+    if augment == "rotate" and geometry(obs_frame) != "relative":
         raise ConfigError("augment", f"rotate needs the relative observation frame (--<policy>.obs-frame relative); "
                                      f"in the {obs_frame!r} frame a turned scene is not a valid one")
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ada_curriculum.episode_store import action_trials, trial_results
-from ada_curriculum.policies.obs import flatten_obs
+from ada_curriculum.policies.obs import flatten_obs, with_trial_reward
 
 
 @dataclasses.dataclass
@@ -56,7 +56,8 @@ def episode_arrays(episode, weight: float = 1.0, failed_trial_weight: float | No
         trials = action_trials(trial, n - 1)
         action_weight = np.where(np.asarray(success, bool)[trials], 1.0, float(failed_trial_weight)).astype(np.float32)
     return EpisodeArrays(
-        obs=flatten_obs(obs, frame), action=np.asarray(episode.actions, np.float32),
+        obs=flatten_obs(with_trial_reward(obs, episode.rewards), frame),
+        action=np.asarray(episode.actions, np.float32),
         trial_index=np.zeros(n, np.int32) if trial is None else np.asarray(trial, np.int32).reshape(n),
         weight=weight, action_weight=action_weight,
     )

@@ -51,9 +51,10 @@ class DiffusionConfig:
     n_obs_steps: int = dataclasses.field(default=2, metadata={"help": "observations conditioned on"})
     horizon: int = dataclasses.field(default=16, metadata={"help": "action steps denoised together"})
     n_action_steps: int = dataclasses.field(default=8, metadata={"help": "action steps executed per prediction"})
-    obs_frame: Literal["world", "relative"] = dataclasses.field(default="world", metadata={
-        "help": "observation frame: world (positions on the table) or relative (the scene seen from the hand; "
-                "see policies.obs)"})
+    obs_frame: Literal["world", "relative", "world+reward", "relative+reward"] = dataclasses.field(
+        default="world", metadata={
+            "help": "observation frame: world (positions on the table) or relative (the scene seen from the hand); "
+                    "+reward appends the last step's reward, for memory across trials (see policies.obs)"})
     num_train_timesteps: int = 100
     num_inference_steps: int = dataclasses.field(default=10, metadata={"help": "DDIM steps at full quality"})
     binary_gripper: bool = dataclasses.field(default=True, metadata={

@@ -8,6 +8,12 @@ Two frames (a policy's `obs_frame`, saved with its config):
   Shifting the whole scene leaves it unchanged, and turning the scene about the vertical turns
   its horizontal vectors with the actions' (`PLANAR_PAIRS`), which is what `data.augment`
   rotates. Demos of one placement then cover every direction of approach.
+
+Either frame with "+reward" (`world+reward`, `relative+reward`) appends the env's `trial_reward`,
+what the previous trial earned (0 in the first): how a policy with memory across trials learns
+the outcome of its earlier attempts (ADA and RL^2 feed the agent its reward). The reward is held
+through the next trial rather than shown on one step, so every step of a trial carries it;
+the hidden-plate task needs it, since the outcome of a placement is visible nowhere else.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ OBS_KEYS = ("joint_pos", "joint_vel", "gripper", "ee_pos", "ee_yaw", "banana_pos
 OBS_SIZES = {"joint_pos": 6, "joint_vel": 6, "gripper": 1, "ee_pos": 3, "ee_yaw": 2,
              "banana_pos": 3, "banana_quat": 4, "target_pos": 3}
 OBS_DIM = sum(OBS_SIZES[k] for k in OBS_KEYS)
-FRAMES = ("world", "relative")
+FRAMES = ("world", "relative", "world+reward", "relative+reward")
+REWARD_SUFFIX = "+reward"
 # The relative frame's layout: (name, size).
 RELATIVE_LAYOUT = (("banana_from_ee", 3), ("target_from_banana", 3), ("ee_z", 1), ("gripper", 1),
                    ("grasp_heading", 2))
@@ -60,9 +67,33 @@ def check_frame(frame: str) -> None:
         raise ConfigError("obs_frame", f"expected one of {', '.join(FRAMES)}, got {frame!r}")
 
 
-def obs_dim(frame: str = "world") -> int:
+def geometry(frame: str) -> str:
+    """The frame's geometric part: "world" or "relative" (without "+reward")."""
     check_frame(frame)
-    return OBS_DIM if frame == "world" else RELATIVE_DIM
+    return frame.removesuffix(REWARD_SUFFIX)
+
+
+def has_reward(frame: str) -> bool:
+    check_frame(frame)
+    return frame.endswith(REWARD_SUFFIX)
+
+
+def obs_dim(frame: str = "world") -> int:
+    return (OBS_DIM if geometry(frame) == "world" else RELATIVE_DIM) + int(has_reward(frame))
+
+
+def with_trial_reward(observations: Mapping[str, np.ndarray], rewards: np.ndarray) -> Mapping[str, np.ndarray]:
+    """A stored episode's observations with `trial_reward` (see the module docstring) added if the
+    store predates that entry; unchanged otherwise."""
+    if "trial_reward" in observations or "obs/trial_reward" in observations:
+        return observations
+    rewards = np.asarray(rewards, np.float32).reshape(-1)
+    trial = observations.get("trial_index", observations.get("obs/trial_index"))
+    trial = np.zeros(len(rewards) + 1, np.int64) if trial is None else np.asarray(trial, np.int64).reshape(-1)
+    # Reward t belongs to the trial of observation t (the step that ends a trial shows the next).
+    earned = np.bincount(trial[:-1], weights=rewards, minlength=int(trial.max()) + 1)
+    held = np.where(trial > 0, earned[np.maximum(trial - 1, 0)], 0.0)
+    return {**observations, "trial_reward": held.astype(np.float32)}
 
 
 def flatten_obs(obs: Mapping[str, np.ndarray], frame: str = "world") -> np.ndarray:
@@ -70,13 +101,18 @@ def flatten_obs(obs: Mapping[str, np.ndarray], frame: str = "world") -> np.ndarr
 
     Accepts both the env's observation dict and a store's `obs/<key>` dict.
     """
-    check_frame(frame)
+    base = geometry(frame)
 
     def entry(k):
         v = np.asarray(obs[k] if k in obs else obs["obs/" + k], np.float32)
         return v.reshape(*v.shape[: v.ndim - (1 if OBS_SIZES[k] else 0)], OBS_SIZES[k])
 
-    if frame == "world":
+    if has_reward(frame):
+        if "trial_reward" not in obs and "obs/trial_reward" not in obs:
+            raise ValueError(f"obs: the {frame!r} frame needs the 'trial_reward' entry (see with_trial_reward)")
+        reward = np.asarray(obs["trial_reward"] if "trial_reward" in obs else obs["obs/trial_reward"], np.float32)
+        return np.concatenate([flatten_obs(obs, base), reward[..., None]], axis=-1)
+    if base == "world":
         return np.concatenate([entry(k) for k in OBS_KEYS], axis=-1)
     ee, banana, target, quat, ee_yaw = (entry(k) for k in ("ee_pos", "banana_pos", "target_pos", "banana_quat",
                                                           "ee_yaw"))
@@ -102,7 +138,9 @@ def workspace_bounds(frame: str = "world") -> tuple[np.ndarray, np.ndarray]:
     import envs
     from envs.banana_place import MAX_YAW
 
-    check_frame(frame)
+    if has_reward(frame):  # a reward is 0 or 1
+        low, high = workspace_bounds(geometry(frame))
+        return np.append(low, 0.0), np.append(high, 1.0)
     full = envs.FULL
     x = (min(full["banana_x"].low, full["target_x"].low), max(full["banana_x"].high, full["target_x"].high))
     y = (min(full["banana_y"].low, full["target_y"].low), max(full["banana_y"].high, full["target_y"].high))

@@ -11,8 +11,9 @@ old trial are dropped and the env replans from the new trial's first observation
 has been reset, so the rest of a chunk planned for the old one is meaningless there.
 
 `memory="trial"` clears an env's history at each new trial, so a sequence policy sees the new
-trial's index but none of the earlier attempts: the ablation that tells learning from the
-context apart from conditioning on the trial index (`eval --memory trial`).
+trial's index but none of the earlier attempts (nor the last one's reward, which the new trial's
+first observation carries): the ablation that tells learning from the context apart from
+conditioning on the trial index (`eval --memory trial`).
 
 `trial_sampling` gives each trial index its own sampling arguments (the last entry serves every
 later trial), e.g. a diffusion policy sampled more degraded in early trials than in late ones
@@ -160,6 +161,9 @@ class PolicyRunner:
                     for history in (self._obs[j], self._prev[j], self._trial[j]):
                         history.clear()
                     self._last_action[j] = np.zeros(self.policy.action_dim, np.float32)
+                    # As at an episode's start: no reward seen yet (not the last trial's outcome).
+                    if "trial_reward" in obs:
+                        obs = {**obs, "trial_reward": np.zeros_like(obs["trial_reward"])}
             self._obs[j].append(flatten_obs(obs, self.policy.obs_frame))
             self._prev[j].append(self._last_action[j])
             self._trial[j].append(trial)

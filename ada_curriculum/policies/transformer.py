@@ -56,9 +56,10 @@ class TransformerConfig:
     dropout: float = dataclasses.field(default=0.0, metadata={"help": "dropout rate in [0, 1)"})
     binary_gripper: bool = dataclasses.field(default=True, metadata={
         "help": "snap the predicted gripper command to open/closed (see policies.obs.binarize_gripper)"})
-    obs_frame: Literal["world", "relative"] = dataclasses.field(default="world", metadata={
-        "help": "observation frame: world (positions on the table) or relative (the scene seen from the hand; "
-                "see policies.obs)"})
+    obs_frame: Literal["world", "relative", "world+reward", "relative+reward"] = dataclasses.field(
+        default="world", metadata={
+            "help": "observation frame: world (positions on the table) or relative (the scene seen from the hand); "
+                    "+reward appends the last step's reward, for memory across trials (see policies.obs)"})
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
