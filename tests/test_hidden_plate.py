@@ -182,3 +182,36 @@ def test_plate_choice_summary_separates_the_choice_from_the_skill():
     assert s["right_plate_per_trial"] == pytest.approx([1 / 3, 2 / 3])
     assert plate_choice_summary([result([False], [False])])["right_plate_per_trial"] == [None]
     assert plate_choice_summary([dataclasses.replace(results[0], trial_wrong_plate=None)]) == {}
+
+
+def test_transformer_rl_in_the_hidden_plate_env(tmp_path, capsys):
+    """`train --env banana-place-hidden --trials K` with a '+reward' transformer, in process: the
+    actors' windows carry the trial reward (replay sized for it), and held-out evaluation reports
+    the plate choice per trial."""
+    from ada_curriculum import config as config_lib
+    from ada_curriculum.train import TrainConfig, train
+
+    demos, bc = tmp_path / "demos", tmp_path / "bc"
+    assert main(["collect", "--env", "banana-place-hidden", "--trials", "2", "--time-limit", "80",
+                 "--episodes", "2", "--seed", "1", "--out", str(demos)]) == 0
+    transformer = ["--transformer.preset", "tiny", "--transformer.max-trials", "2",
+                   "--transformer.obs-frame", "world+reward"]
+    assert main(["pretrain", "--policy", "transformer", "--demos", str(demos), "--out", str(bc), "--updates", "2",
+                 "--batch-size", "2", "--log-every", "1", "--eval-episodes", "0", *transformer]) == 0
+    cfg = config_lib.from_dict(TrainConfig, {
+        "run": str(tmp_path / "run"), "demos": str(demos), "init": str(bc), "policy": "transformer",
+        "env": "banana-place-hidden", "distributed": False, "trials": 2, "time_limit": 12, "num_actors": 1,
+        "envs_per_actor": 2, "actor_steps_per_call": 12, "variable_update_period": 2, "batch_size": 4,
+        "updates_per_call": 4, "publish_every": 2, "max_updates": 8, "max_minutes": 5.0, "checkpoint_every": 8,
+        "stall_timeout": 60.0, "replay": {"min_size_to_sample": 2, "samples_per_insert": 64.0},
+        "transformer": {"preset": "tiny", "max_trials": 2, "obs_frame": "world+reward"},
+        "optim": {"warmup_steps": 2}, "dashboard": False, "embedding_every": 0, "eval_every": 8, "eval_episodes": 2})
+    summary = train(cfg)
+    assert summary["stopped_by"] == "max_updates" and summary["replay"]["online"]["size"] > 0
+    assert summary["trials"] == 2 and len(summary["eval"]["right_plate_per_trial"]) == 2
+    # A '+reward' run does not fine-tune from a run without the reward entry.
+    assert main(["train", "--run", str(tmp_path / "bad"), "--init", str(bc), "--demos", str(demos), "--policy", "transformer",
+                 "--env", "banana-place-hidden", "--trials", "2", "--no-distributed",
+                 "--transformer.preset", "tiny", "--transformer.max-trials", "2"]) != 0
+    assert "transformer.obs_frame: the --init run sees observations in the 'world+reward' frame" in \
+        capsys.readouterr().err
