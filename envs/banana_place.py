@@ -191,6 +191,7 @@ class BananaPlace(dm_env.Environment):
                     break
                 task = self._tasks.sample(task_rng)
         self.task = FULL.validate(task)
+        self._plates = self.plate_centres(self.task)  # fixed for the episode; read every step
         if not self._plates_clear(self.task):
             raise TaskError(f"target_x/target_y: with hidden_plate the banana must start at least "
                             f"{HIDDEN_PLATE_CLEARANCE:.2f} m from both plates (target -/+ {HIDDEN_PLATE_OFFSET} m in x)")
@@ -385,7 +386,7 @@ class BananaPlace(dm_env.Environment):
 
     def _sample_distractors(self, rng, n):
         task = self.task
-        plates = self.plate_centres()
+        plates = self._plates
         placed = []
         for _ in range(n):
             for _ in range(200):
@@ -404,7 +405,7 @@ class BananaPlace(dm_env.Environment):
         pos = d.xpos[p.banana_body]
         if pos[2] > SUCCESS_MAX_Z or np.linalg.norm(d.qvel[p.banana_dofadr:p.banana_dofadr + 3]) > SUCCESS_MAX_SPEED:
             return None
-        for i, (x, y) in enumerate(self.plate_centres()):
+        for i, (x, y) in enumerate(self._plates):
             if np.hypot(pos[0] - x, pos[1] - y) <= SUCCESS_RADIUS:
                 return None if self._fingers_touch_banana() else i
         return None

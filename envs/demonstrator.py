@@ -12,9 +12,10 @@ banana down at one or two intermediate spots before the final placement on the t
 With `plate_offsets` (the hidden-plate env's `plate_offsets`: two look-alike plates around
 `target_pos`, one rewarded) it explores: it tries plate `first_plate` in the first trial, then
 keeps a plate that paid and switches from one that did not, reading the outcome from the
-observation's `trial_reward` (what the previous trial earned) when a new trial starts. It is never told which plate pays. The
-first guess is a fixed habit by default, not a coin flip: either is optimal, but a policy that
-regresses its actions (the transformer) would average a coin flip into the gap between plates.
+observation's `trial_reward` (what the previous trial earned) when a new trial starts. It is
+never told which plate pays. The first guess is a fixed habit by default, not a coin flip:
+either is optimal, but a policy that regresses its actions (the transformer) would average a
+coin flip into the gap between plates.
 """
 
 from __future__ import annotations

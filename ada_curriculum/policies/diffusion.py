@@ -54,7 +54,7 @@ class DiffusionConfig:
     obs_frame: Literal["world", "relative", "world+reward", "relative+reward"] = dataclasses.field(
         default="world", metadata={
             "help": "observation frame: world (positions on the table) or relative (the scene seen from the hand); "
-                    "+reward appends the last step's reward, for memory across trials (see policies.obs)"})
+                    "+reward appends what the previous trial earned, for memory across trials (see policies.obs)"})
     num_train_timesteps: int = 100
     num_inference_steps: int = dataclasses.field(default=10, metadata={"help": "DDIM steps at full quality"})
     binary_gripper: bool = dataclasses.field(default=True, metadata={

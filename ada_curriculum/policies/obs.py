@@ -82,13 +82,18 @@ def obs_dim(frame: str = "world") -> int:
     return (OBS_DIM if geometry(frame) == "world" else RELATIVE_DIM) + int(has_reward(frame))
 
 
+def _lookup(obs: Mapping[str, np.ndarray], key: str):
+    """Entry `key` of an env observation or of a store's `obs/<key>` dict; None if absent."""
+    return obs[key] if key in obs else obs.get("obs/" + key)
+
+
 def with_trial_reward(observations: Mapping[str, np.ndarray], rewards: np.ndarray) -> Mapping[str, np.ndarray]:
     """A stored episode's observations with `trial_reward` (see the module docstring) added if the
     store predates that entry; unchanged otherwise."""
-    if "trial_reward" in observations or "obs/trial_reward" in observations:
+    if _lookup(observations, "trial_reward") is not None:
         return observations
     rewards = np.asarray(rewards, np.float32).reshape(-1)
-    trial = observations.get("trial_index", observations.get("obs/trial_index"))
+    trial = _lookup(observations, "trial_index")
     trial = np.zeros(len(rewards) + 1, np.int64) if trial is None else np.asarray(trial, np.int64).reshape(-1)
     # Reward t belongs to the trial of observation t (the step that ends a trial shows the next).
     earned = np.bincount(trial[:-1], weights=rewards, minlength=int(trial.max()) + 1)
@@ -104,13 +109,14 @@ def flatten_obs(obs: Mapping[str, np.ndarray], frame: str = "world") -> np.ndarr
     base = geometry(frame)
 
     def entry(k):
-        v = np.asarray(obs[k] if k in obs else obs["obs/" + k], np.float32)
+        v = np.asarray(obs[k] if k in obs else obs["obs/" + k], np.float32)  # a missing entry: KeyError
         return v.reshape(*v.shape[: v.ndim - (1 if OBS_SIZES[k] else 0)], OBS_SIZES[k])
 
     if has_reward(frame):
-        if "trial_reward" not in obs and "obs/trial_reward" not in obs:
+        reward = _lookup(obs, "trial_reward")
+        if reward is None:
             raise ValueError(f"obs: the {frame!r} frame needs the 'trial_reward' entry (see with_trial_reward)")
-        reward = np.asarray(obs["trial_reward"] if "trial_reward" in obs else obs["obs/trial_reward"], np.float32)
+        reward = np.asarray(reward, np.float32)
         return np.concatenate([flatten_obs(obs, base), reward[..., None]], axis=-1)
     if base == "world":
         return np.concatenate([entry(k) for k in OBS_KEYS], axis=-1)

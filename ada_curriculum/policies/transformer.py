@@ -59,7 +59,7 @@ class TransformerConfig:
     obs_frame: Literal["world", "relative", "world+reward", "relative+reward"] = dataclasses.field(
         default="world", metadata={
             "help": "observation frame: world (positions on the table) or relative (the scene seen from the hand); "
-                    "+reward appends the last step's reward, for memory across trials (see policies.obs)"})
+                    "+reward appends what the previous trial earned, for memory across trials (see policies.obs)"})
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
