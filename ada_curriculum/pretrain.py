@@ -27,6 +27,7 @@ from ada_curriculum.checkpointing import Checkpointer, CheckpointError, check_co
 from ada_curriculum.data import augment as augment_lib
 from ada_curriculum.data import windows as windows_lib
 from ada_curriculum.data.loader import Prefetcher
+from ada_curriculum.episode_store import read_manifest
 from ada_curriculum.learning import OptimConfig, TrainState, create_train_state, make_optimizer, make_train_step
 from ada_curriculum.policies import make_policy, normalizer as normalizer_lib
 from ada_curriculum.policies.obs import workspace_bounds
@@ -214,6 +215,8 @@ class _StopFlag:
 
 def train_and_evaluate(cfg: PretrainConfig, workdir: str | Path | None = None) -> dict:
     cfg.validate()
+    manifest = read_manifest(cfg.demos)  # checked before anything is written
+    augment_lib.check(cfg.augment, cfg.policy_config().obs_frame, manifest["env"], manifest.get("env_kwargs"))
     workdir = Path(workdir or cfg.out)
     workdir.mkdir(parents=True, exist_ok=True)
     policy, optimizer, train_step = build(cfg)

@@ -148,7 +148,7 @@ class TrainConfig:
             self.transformer.validate()
         except ConfigError as e:
             raise e.under("transformer") from None
-        augment_lib.check(self.augment, self.policy_config().obs_frame)
+        augment_lib.check(self.augment, self.policy_config().obs_frame, self.env)
         if self.trials is not None and (isinstance(self.trials, bool) or self.trials < 1):
             raise ConfigError("trials", f"expected an int >= 1, got {self.trials!r}")
         if self.sequence_length is not None:

@@ -30,6 +30,15 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def rotation_symmetric(name: str, env_kwargs: dict | None = None) -> bool:
+    """Whether a scene of env `name` turned about the vertical is another valid scene of it.
+
+    Not for the hidden plates: they sit along world x, so a turned window carries the banana to
+    where no plate is.
+    """
+    return not {**_REGISTRY.get(name, {}), **(env_kwargs or {})}.get("hidden_plate", False)
+
+
 def make(name: str, **kwargs) -> BananaPlace:
     """Build environment `name`; keyword arguments override its defaults (see `BananaPlace`)."""
     if name not in _REGISTRY:
@@ -39,5 +48,5 @@ def make(name: str, **kwargs) -> BananaPlace:
 
 __all__ = [
     "BananaPlace", "Dimension", "FULL", "NOMINAL", "ScriptedDemonstrator", "TaskError", "TaskParams",
-    "TaskSpace", "TimeStep", "make", "names", "near_space", "nominal_space", "resolve_tasks",
+    "TaskSpace", "TimeStep", "make", "names", "near_space", "nominal_space", "resolve_tasks", "rotation_symmetric",
 ]

@@ -259,7 +259,7 @@ class BananaPlace(dm_env.Environment):
             return TimeStep(dm_env.StepType.MID, reward, 1.0, self._observation(), info)
         if trial_over:
             self._needs_reset = True
-            if success:
+            if success or wrong_plate:  # settled on a plate: terminal, whichever plate it was
                 return TimeStep(dm_env.StepType.LAST, reward, 0.0, obs, info)
             return TimeStep(dm_env.StepType.LAST, reward, 1.0, obs, info)  # truncation
         return TimeStep(dm_env.StepType.MID, reward, 1.0, obs, info)

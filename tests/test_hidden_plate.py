@@ -69,6 +69,22 @@ def test_one_plate_pays_and_the_outcome_reaches_the_next_trial(played):
         np.testing.assert_array_equal(with_trial_reward(stored, episode.rewards)["trial_reward"], held)
 
 
+def test_a_placement_on_the_wrong_plate_is_terminal():
+    # In a one-trial episode the demonstrator tries plate 0, so when plate 1 pays it ends the
+    # episode on the wrong plate: a terminal step (discount 0), not a truncation.
+    env = envs.make("banana-place-hidden", tasks="nominal", seed=0, time_limit=80, trials=1)
+    demo = envs.ScriptedDemonstrator(seed=0, plate_offsets=env.plate_offsets)
+    ends = {}
+    for seed in range(8):
+        ts = env.reset(seed=seed)
+        demo.reset()
+        while not ts.last():
+            ts = env.step(demo.act(ts.observation))
+        ends[env.rewarded_plate] = (ts.reward, ts.discount, ts.info["success"], ts.info["wrong_plate"])
+    assert ends[0] == (1.0, 0.0, True, False)
+    assert ends[1] == (0.0, 0.0, False, True)
+
+
 def test_nothing_in_the_observation_tells_the_plates_apart():
     """The same task and seed with either plate rewarded: the observations (until an outcome)
     are identical, and `target_pos` is the pair's centre."""
@@ -166,6 +182,16 @@ def test_collect_pretrain_and_evaluate_on_the_hidden_plate_task(tmp_path, capsys
     assert main(["pretrain", "--policy", "transformer", "--demos", str(demos), "--out", str(tmp_path / "bad"),
                  "--transformer.obs-frame", "world+rewards"]) == 2
     assert re.search(r"obs[-_]frame", capsys.readouterr().err)
+    # Rotation would carry the banana to where no plate is: refused by name, before anything is written.
+    bad = tmp_path / "rotated"
+    assert main(["pretrain", "--policy", "transformer", "--demos", str(demos), "--out", str(bad),
+                 "--transformer.obs-frame", "relative+reward", "--augment", "rotate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: augment: rotate does not fit 'banana-place-hidden'") and err.count("\n") == 1
+    assert not bad.exists()
+    assert main(["train", "--run", str(bad), "--policy", "transformer", "--env", "banana-place-hidden",
+                 "--transformer.obs-frame", "relative+reward", "--augment", "rotate"]) == 2
+    assert capsys.readouterr().err.startswith("error: augment: rotate does not fit") and not bad.exists()
 
 
 def test_plate_choice_summary_separates_the_choice_from_the_skill():

@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+import envs
 from ada_curriculum.config import ConfigError
 from ada_curriculum.policies.obs import PLANAR_PAIRS, geometry
 
@@ -24,13 +25,16 @@ AUGMENTATIONS = ("none", "rotate")
 ACTION_KEYS = ("action", "prev_action")
 
 
-def check(augment: str, obs_frame: str) -> None:
-    """Raises ConfigError naming `augment` for a setting the observation frame cannot take."""
+def check(augment: str, obs_frame: str, env: str | None = None, env_kwargs: dict | None = None) -> None:
+    """Raises ConfigError naming `augment` for a setting the observation frame (or env) cannot take."""
     if augment not in AUGMENTATIONS:
         raise ConfigError("augment", f"expected one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
     if augment == "rotate" and geometry(obs_frame) != "relative":
         raise ConfigError("augment", f"rotate needs the relative observation frame (--<policy>.obs-frame relative); "
                                      f"in the {obs_frame!r} frame a turned scene is not a valid one")
+    if augment == "rotate" and env is not None and not envs.rotation_symmetric(env, env_kwargs):
+        raise ConfigError("augment", f"rotate does not fit {env!r}: its plates sit along world x, so a turned "
+                                     "scene is not one of its scenes")
 
 
 def _turn(x: np.ndarray, pairs, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
