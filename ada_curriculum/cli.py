@@ -291,7 +291,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / default_name
     out.mkdir(parents=True, exist_ok=True)
     env_kwargs = {k: v for k, v in (("trials", cfg.trials), ("time_limit", cfg.time_limit)) if v is not None}
-    per_seed, all_results = {}, []
+    per_seed, all_results, rows = {}, [], []
     start = time.perf_counter()
     for seed in cfg.seeds:
         plan = evaluate.episode_plan(cfg.tasks, cfg.episodes, seed)
@@ -300,6 +300,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
             video_episodes=cfg.videos, video_dir=out / f"videos-seed{seed}", sampling=sampling, memory=cfg.memory)
         per_seed[str(seed)] = evaluate.summarize(results)
         all_results += results
+        rows += [evaluate.episode_row(seed, i, r) for i, r in enumerate(results)]
         print(f"seed {seed}: success {per_seed[str(seed)]['success_rate']:.2f} "
               f"({per_seed[str(seed)]['successes']}/{cfg.episodes})")
     rates = [r["success_rate"] for r in per_seed.values()]
@@ -314,6 +315,8 @@ def evaluate_run(cfg: EvalConfig) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
     }
     save_config(cfg, out / "config.json")
+    # One line per episode, in plan order: two policies evaluated on one plan compare episode by episode.
+    (out / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

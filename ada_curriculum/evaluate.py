@@ -41,6 +41,30 @@ def difference_interval(s1: int, n1: int, s2: int, n2: int, z: float = 1.96) -> 
     return p1 - p2 - z * se, p1 - p2 + z * se
 
 
+def paired_difference_interval(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> tuple[float, float]:
+    """95% interval of p_a - p_b when both policies played the same episodes (same tasks and env
+    seeds): the paired Wald interval with 0.5 added to each cell of the 2x2 table (Agresti and Min
+    2005). Shared episode difficulty cancels, so it is narrower than the unpaired interval."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired outcomes need two equal-length sequences, got {a.shape} and {b.shape}")
+    n = len(a) + 2.0
+    only_a, only_b = (np.sum(a & ~b) + 0.5) / n, (np.sum(~a & b) + 0.5) / n
+    d = only_a - only_b
+    se = math.sqrt(max(only_a + only_b - d * d, 0.0) / n)
+    return d - z * se, d + z * se
+
+
+def episode_row(seed: int, index: int, result: "EpisodeResult") -> dict:
+    """One evaluation episode as a JSON row (`eval`'s episodes.jsonl)."""
+    row = {"seed": seed, "index": index, "env_seed": result.seed, "task": result.task.to_dict(),
+           "success": bool(result.success), "steps": int(result.steps),
+           "trial_successes": [bool(t) for t in result.trial_successes]}
+    if result.trial_wrong_plate is not None:
+        row["trial_wrong_plate"] = [bool(t) for t in result.trial_wrong_plate]
+    return row
+
+
 def task_bin(task: envs.TaskParams) -> str:
     full = envs.FULL
     def index(name, v):

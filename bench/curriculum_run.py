@@ -17,7 +17,8 @@ The beachhead's observation frame and augmentation (`pretrain --diffusion.obs-fr
 --augment rotate`) carry on into every arm.
 
 Last line: one JSON object with `curriculum_success`, `uniform_success`, their 95% intervals, the
-difference, and `curriculum_wins` (the first strategy's success above the uniform arm's), and
+difference with its unpaired and paired intervals (every arm plays the same episodes; the paired
+one decides `curriculum_wins_significantly`), and `curriculum_wins` (the first strategy's success above the uniform arm's), and
 under `strategies` the same against uniform for every strategy run.
 """
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from ada_curriculum import config as config_lib
 from ada_curriculum.cli import EvalConfig, evaluate_run
-from ada_curriculum.evaluate import difference_interval
+from ada_curriculum.evaluate import difference_interval, paired_difference_interval
 from ada_curriculum.train import TrainConfig, init_frame_settings, train
 
 
@@ -108,13 +109,20 @@ def main() -> None:
     arms["uniform"] = run_arm("uniform", args, {"strategy": "none"})
     u = arms["uniform"]["eval"]
 
-    def versus_uniform(c):
-        lo, hi = difference_interval(c["successes"], c["episodes"], u["successes"], u["episodes"])
-        return {"success": c["success_rate"], "ci95": c["ci95"], "minus_uniform": round(c["success_rate"] - u["success_rate"], 4),
-                "difference_ci95": [round(lo, 4), round(hi, 4)], "wins": c["success_rate"] > u["success_rate"],
-                "wins_significantly": lo > 0}
+    def outcomes(name):
+        rows = (Path(args.out) / name / "eval-full" / "episodes.jsonl").read_text().splitlines()
+        return [json.loads(r)["success"] for r in rows]
 
-    strategies_out = {s: versus_uniform(arms[names[s]]["eval"]) for s in strategies}
+    def versus_uniform(name):
+        c = arms[name]["eval"]
+        lo, hi = difference_interval(c["successes"], c["episodes"], u["successes"], u["episodes"])
+        # Every arm plays the same evaluation episodes, so the paired interval is the one to judge by.
+        plo, phi = paired_difference_interval(outcomes(name), outcomes("uniform"))
+        return {"success": c["success_rate"], "ci95": c["ci95"], "minus_uniform": round(c["success_rate"] - u["success_rate"], 4),
+                "difference_ci95": [round(lo, 4), round(hi, 4)], "paired_difference_ci95": [round(plo, 4), round(phi, 4)],
+                "wins": c["success_rate"] > u["success_rate"], "wins_significantly": plo > 0}
+
+    strategies_out = {s: versus_uniform(names[s]) for s in strategies}
     c, first = arms["curriculum"]["eval"], strategies_out[strategies[0]]
     out = {
         "bench": "curriculum_run", "curriculum_strategy": strategies[0], "budget_env_steps": args.env_steps,
@@ -124,6 +132,7 @@ def main() -> None:
         "init_success": init_eval["success_rate"], "curriculum_success": c["success_rate"],
         "uniform_success": u["success_rate"], "curriculum_ci95": c["ci95"], "uniform_ci95": u["ci95"],
         "curriculum_minus_uniform": first["minus_uniform"], "difference_ci95": first["difference_ci95"],
+        "paired_difference_ci95": first["paired_difference_ci95"],
         "curriculum_wins": first["wins"], "curriculum_wins_significantly": first["wins_significantly"],
         "strategies": strategies_out, "arms": arms,
     }

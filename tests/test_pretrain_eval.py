@@ -59,6 +59,13 @@ def test_pretrain_resume_and_eval(kind, demos, tmp_path, capsys):
     assert result["episodes"] == 4 and len(result["success_rate_per_seed"]) == 2
     assert 0.0 <= result["ci95"][0] <= result["success_rate"] <= result["ci95"][1] <= 1.0
     assert sum(b["episodes"] for b in result["per_bin"].values()) == 4
+    # One row per episode, in plan order, with the task and env seed the plan gave it.
+    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    plans = {seed: evaluate.episode_plan("nominal", 2, seed) for seed in (0, 1)}
+    assert [(r["seed"], r["index"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(r["env_seed"] == plans[r["seed"]][r["index"]][1] for r in rows)
+    assert all(r["task"] == plans[r["seed"]][r["index"]][0].to_dict() for r in rows)
+    assert sum(r["success"] for r in rows) == result["successes"]
     videos = list(out.glob("videos-seed0/*"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
 
@@ -91,3 +98,21 @@ def test_wilson_interval_and_task_bins():
     assert plan == evaluate.episode_plan("full", 30, seed=3) and plan != evaluate.episode_plan("full", 30, seed=4)
     bins = {evaluate.task_bin(task) for task, _ in plan}
     assert len(bins) > 3 and all(b.startswith("x") for b in bins)
+
+
+def test_paired_difference_interval_matches_the_formula_and_beats_the_unpaired_one():
+    rng = np.random.default_rng(0)
+    hard = rng.random(300) < 0.5  # shared episode difficulty: both policies fail the hard half more
+    a = rng.random(300) < np.where(hard, 0.1, 0.5)
+    b = rng.random(300) < np.where(hard, 0.05, 0.4)
+    lo, hi = evaluate.paired_difference_interval(a, b)
+    # Agresti-Min: 0.5 in each cell of the 2x2 table, then the paired Wald interval.
+    n = 302.0
+    p10, p01 = (np.sum(a & ~b) + 0.5) / n, (np.sum(~a & b) + 0.5) / n
+    d, se = p10 - p01, np.sqrt((p10 + p01 - (p10 - p01) ** 2) / n)
+    assert (lo, hi) == pytest.approx((d - 1.96 * se, d + 1.96 * se))
+    ulo, uhi = evaluate.difference_interval(int(a.sum()), 300, int(b.sum()), 300)
+    assert hi - lo < uhi - ulo
+    assert evaluate.paired_difference_interval(a, a)[0] < 0 < evaluate.paired_difference_interval(a, a)[1]
+    with pytest.raises(ValueError, match="equal-length"):
+        evaluate.paired_difference_interval(a, b[:-1])
