@@ -182,8 +182,10 @@ def test_learner_stall_is_reported_and_the_run_still_ends_on_budget(demos, tmp_p
     # batch. On Ray, where the learner waits on replay while the actors act (in process, the loop
     # keeps acting until the online table can be sampled; see the next test).
     ray = pytest.importorskip("ray")
+    # 30 s: the actors' first acting call compiles the policy, which took over 6 s on a loaded
+    # 2-core machine (a fresh-clone CI run saw no env step within a 0.1-minute budget).
     cfg = tiny(tmp_path / "run", demos, distributed=True, demo_fraction=0.0, stall_timeout=1.0,
-               max_updates=1000, max_minutes=0.1, replay={"min_size_to_sample": 50_000})
+               max_updates=1000, max_minutes=0.5, replay={"min_size_to_sample": 50_000})
 
     def learner_up(run):
         # The budget's clock starts after this: the learner and actors are built before it runs.
