@@ -49,7 +49,7 @@ def paired_difference_interval(a: Sequence[bool], b: Sequence[bool], z: float = 
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired outcomes need two equal-length sequences, got {a.shape} and {b.shape}")
     n = len(a) + 2.0
-    only_a, only_b = (np.sum(a & ~b) + 0.5) / n, (np.sum(~a & b) + 0.5) / n
+    only_a, only_b = (int(np.sum(a & ~b)) + 0.5) / n, (int(np.sum(~a & b)) + 0.5) / n  # plain floats: JSON-ready
     d = only_a - only_b
     se = math.sqrt(max(only_a + only_b - d * d, 0.0) / n)
     return d - z * se, d + z * se

@@ -111,6 +111,7 @@ def test_paired_difference_interval_matches_the_formula_and_beats_the_unpaired_o
     p10, p01 = (np.sum(a & ~b) + 0.5) / n, (np.sum(~a & b) + 0.5) / n
     d, se = p10 - p01, np.sqrt((p10 + p01 - (p10 - p01) ** 2) / n)
     assert (lo, hi) == pytest.approx((d - 1.96 * se, d + 1.96 * se))
+    assert json.loads(json.dumps({"ci": [lo, hi], "wins": lo > 0}))["ci"] == [lo, hi]  # plain floats, as benches print
     ulo, uhi = evaluate.difference_interval(int(a.sum()), 300, int(b.sum()), 300)
     assert hi - lo < uhi - ulo
     assert evaluate.paired_difference_interval(a, a)[0] < 0 < evaluate.paired_difference_interval(a, a)[1]
