@@ -18,8 +18,8 @@ The beachhead's observation frame and augmentation (`pretrain --diffusion.obs-fr
 
 Last line: one JSON object with `curriculum_success`, `uniform_success`, their 95% intervals, the
 difference with its unpaired and paired intervals (every arm plays the same episodes; the paired
-one decides `curriculum_wins_significantly`), and `curriculum_wins` (the first strategy's success above the uniform arm's), and
-under `strategies` the same against uniform for every strategy run.
+one decides `curriculum_wins_significantly`), `curriculum_wins` (the first strategy's success
+above the uniform arm's), and under `strategies` the same against uniform for every strategy run.
 """
 
 from __future__ import annotations
