@@ -22,18 +22,33 @@ def _variables(policy=POLICY, seed=0):
     return policy.init(jax.random.PRNGKey(seed), normalizer.identity(policy.obs_dim, policy.action_dim))
 
 
+def _learned(variables, seed=3):
+    """The variables with a critic that rates candidates differently: a random output layer in
+    place of the zero one a fresh critic starts with."""
+    critic = dict(variables["params"]["critic"])
+    last = f"Dense_{POLICY.config.critic_layers}"
+    kernel = critic[last]["kernel"]
+    critic[last] = {**critic[last], "kernel": jax.random.normal(jax.random.PRNGKey(seed), kernel.shape)}
+    return {**variables, "params": {**variables["params"], "critic": critic}}
+
+
+def _candidates(variables, obs, rng, n):
+    """The N candidates per row that `predict_action` draws with `rng`, and the critic's logits."""
+    rep = jnp.repeat(obs, n, axis=0)
+    cands = binarize_gripper(POLICY.executed_chunk(POLICY.sample_horizon(variables, {"obs": rep}, rng)))
+    logits = np.asarray(critic_logits(POLICY.critic, variables["params"]["critic"], variables["normalizer"],
+                                      rep, cands)).reshape(obs.shape[0], n)
+    return np.asarray(cands).reshape(obs.shape[0], n, *cands.shape[1:]), logits
+
+
 def test_predict_action_executes_the_critics_best_of_n_candidates():
-    variables = _variables()
+    variables = _learned(_variables())
     obs = jax.random.uniform(jax.random.PRNGKey(1), (3, POLICY.n_obs_steps, POLICY.obs_dim), minval=-1, maxval=1)
     rng = jax.random.PRNGKey(2)
     chosen = np.asarray(POLICY.predict_action(variables, {"obs": obs}, rng))
 
     # The same draw by hand: 5 candidates per row, rated by the critic.
-    rep = jnp.repeat(obs, 5, axis=0)
-    cands = binarize_gripper(POLICY.executed_chunk(POLICY.sample_horizon(variables, {"obs": rep}, rng)))
-    logits = np.asarray(critic_logits(POLICY.critic, variables["params"]["critic"], variables["normalizer"],
-                                      rep, cands)).reshape(3, 5)
-    cands = np.asarray(cands).reshape(3, 5, *cands.shape[1:])
+    cands, logits = _candidates(variables, obs, rng, 5)
     assert chosen.shape == (3, POLICY.n_action_steps, POLICY.action_dim)
     for row in range(3):
         assert np.ptp(logits[row]) > 0  # the candidates differ, so the choice is a real one
@@ -41,6 +56,19 @@ def test_predict_action_executes_the_critics_best_of_n_candidates():
     # One candidate is plain sampling from the denoiser.
     plain = POLICY.predict_action(variables, {"obs": obs}, rng, num_candidates=1)
     assert plain.shape == chosen.shape
+
+
+def test_a_fresh_critic_rates_every_candidate_alike_so_acting_executes_a_plain_sample():
+    # A random head would prefer arbitrary chunks before it has seen a single label (on the
+    # nominal task that cut the BC start's success from 0.39 to 0.12); a zero head chooses none.
+    variables = _variables()
+    obs = jax.random.uniform(jax.random.PRNGKey(1), (3, POLICY.n_obs_steps, POLICY.obs_dim), minval=-1, maxval=1)
+    rng = jax.random.PRNGKey(2)
+    chosen = np.asarray(POLICY.predict_action(variables, {"obs": obs}, rng))
+    cands, logits = _candidates(variables, obs, rng, 5)
+    assert np.all(logits == 0)
+    assert np.ptp(cands, axis=1).max() > 0  # the candidates differ: the first is a choice, not the only one
+    np.testing.assert_allclose(chosen, cands[:, 0])
 
 
 def test_critic_learns_success_from_its_own_windows_and_leaves_the_denoiser_alone():
