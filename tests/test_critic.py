@@ -60,7 +60,7 @@ def test_predict_action_executes_the_critics_best_of_n_candidates():
 
 def test_a_fresh_critic_rates_every_candidate_alike_so_acting_executes_a_plain_sample():
     # A random head would prefer arbitrary chunks before it has seen a single label (on the
-    # nominal task that cut the BC start's success from 0.39 to 0.12); a zero head chooses none.
+    # nominal task that cut the BC start's success from 0.39 to 0.10-0.18); a zero head chooses none.
     variables = _variables()
     obs = jax.random.uniform(jax.random.PRNGKey(1), (3, POLICY.n_obs_steps, POLICY.obs_dim), minval=-1, maxval=1)
     rng = jax.random.PRNGKey(2)
