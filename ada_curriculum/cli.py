@@ -410,10 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("right plate per placement: " + ", ".join(
                     "-" if r is None else f"{r:.2f}" for r in summary["right_plate_per_trial"]))
         elif args.command == "train":
-            from ada_curriculum.train import TrainConfig, train
+            from ada_curriculum.train import TrainConfig, describe_budget, train
 
             cfg = from_namespace(TrainConfig, args)
             print(f"run directory: {Path(cfg.run).absolute()}")
+            print(f"budget: {describe_budget(cfg)}")
             summary = train(cfg)
             print(f"stopped by {summary['stopped_by']}: {summary['updates']} updates, {summary['env_steps']} env "
                   f"steps, {summary['episodes']} episodes, recent success {summary['recent_success_rate']}")

@@ -202,6 +202,15 @@ class TrainConfig:
                 raise ConfigError("distill.switch_on_coverage", "needs a curriculum (--curriculum widening|band|plr)")
 
 
+def describe_budget(cfg: TrainConfig) -> str:
+    """The run's stop condition in words: every budget set, the first reached ends the run. Printed
+    at the start because a default (400 updates) can end a run given only `--max-minutes`."""
+    parts = [f"{v:g} {unit}" for v, unit in ((cfg.max_updates, "updates"), (cfg.max_env_steps, "env steps"),
+                                              (cfg.max_minutes, "minutes")) if v is not None]
+    return ("stops at " + (parts[0] if len(parts) == 1 else "the first of " + ", ".join(parts))
+            + " (--max-updates, --max-env-steps, --max-minutes; `none` turns one off)")
+
+
 def init_frame_settings(init: str | Path) -> dict:
     """The observation frame and augmentation of a pretrained run, as `train` settings: what a
     fine-tuning run from it (`--init`) must repeat."""

@@ -241,6 +241,7 @@ def test_sigkill_mid_run_then_resume_continues_counters_and_task_source(demos, t
     assert main(["train", *cli_args(settings(run, demos, distributed=False, max_updates=target))]) == 0
     out = capsys.readouterr().out
     assert f"resuming {run} from update {step} ({before['env_steps']} env steps, {before['episodes']} episodes)" in out
+    assert f"budget: stops at the first of {target} updates, 3 minutes" in out
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by"] == "max_updates" and summary["updates"] >= target

@@ -6,7 +6,7 @@ import pytest
 
 from ada_curriculum import config as config_lib
 from ada_curriculum.checkpointing import Checkpointer
-from ada_curriculum.train import TrainConfig, train
+from ada_curriculum.train import TrainConfig, describe_budget, train
 
 
 def tiny(run, demos, **kw) -> TrainConfig:
@@ -121,3 +121,11 @@ def test_acting_inference_steps_reach_the_actors_sampling(tmp_path):
     with pytest.raises(ConfigError, match="^acting_inference_steps: must be <= diffusion.num_train_timesteps"):
         config_lib.from_dict(TrainConfig, {"run": str(tmp_path), "demo_fraction": 0.0,
                                            "acting_inference_steps": 101}).validate()
+
+
+def test_the_budget_line_names_every_budget_that_can_end_the_run():
+    # The defaults hold an update budget, so a run given only --max-minutes may end before it.
+    assert describe_budget(TrainConfig(run="r", max_minutes=60.0)).startswith(
+        "stops at the first of 400 updates, 60 minutes (")
+    only_steps = TrainConfig(run="r", max_updates=None, max_minutes=None, max_env_steps=65_000)
+    assert describe_budget(only_steps).startswith("stops at 65000 env steps (")
