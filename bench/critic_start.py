@@ -20,9 +20,11 @@ import json
 import jax
 
 from ada_curriculum import evaluate
+from ada_curriculum.curriculum import widening
+from ada_curriculum.curriculum.config import WideningConfig
 from ada_curriculum.policies import make_policy
 from ada_curriculum.pretrain import load_policy
-from envs.task_space import FULL, NOMINAL
+from envs.task_space import FULL
 
 PLACEMENT = ("banana_x", "banana_y", "banana_yaw", "target_x", "target_y")
 
@@ -53,7 +55,7 @@ def main() -> None:
         p.error(f"--init: expected a diffusion BC run without a critic, got {args.init}")
     policy = make_policy("diffusion", dataclasses.replace(base.config, critic_hidden=256,
                                                           num_candidates=args.candidates))
-    tasks = FULL.with_bounds(**{k: (getattr(NOMINAL, k), getattr(NOMINAL, k)) for k in PLACEMENT})
+    tasks = widening.box(widening.init(FULL, WideningConfig(dims=PLACEMENT)), FULL)  # its first box
     plan = evaluate.episode_plan(tasks, args.episodes, args.seed)
 
     def success(pol, var) -> float:
