@@ -45,6 +45,7 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
         "run": str(run), "init": args.init, "demos": args.demos, "tasks": "full", "time_limit": args.time_limit,
         "num_actors": args.num_actors, "envs_per_actor": args.envs_per_actor,
         "acting_inference_steps": args.acting_inference_steps, "demo_fraction": args.demo_fraction, "max_updates": None,
+        "online_weight": getattr(args, "online_weight", 1.0),
         "max_env_steps": args.env_steps, "max_minutes": args.minutes, "checkpoint_every": 1000,
         "eval_every": 0, "dashboard": False, "embedding_every": 0, "seed": args.seed, "curriculum": curriculum,
         "distributed": not args.in_process,
@@ -88,6 +89,9 @@ def main() -> None:
     p.add_argument("--acting-inference-steps", type=int, default=5, help="DDIM steps when acting (as make run)")
     p.add_argument("--demo-fraction", type=float, default=0.25)
     p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--online-weight", type=float, default=1.0,
+                   help="weight of the actors' successful windows in the denoiser's loss (0: the denoiser keeps to "
+                        "the demos and only the critic learns from the actors; see bench/self_imitation.py)")
     p.add_argument("--critic-hidden", type=int, default=0, help="success critic width (0: none; see rl_vs_control)")
     p.add_argument("--candidates", type=int, default=1, help="chunks the critic chooses among when acting")
     p.add_argument("--eval-episodes", type=int, default=100)
