@@ -85,6 +85,10 @@ class TrainConfig:
     acting_inference_steps: Optional[int] = dataclasses.field(default=None, metadata={
         "min": 1, "help": "DDIM steps the actors sample with (none: the policy's num_inference_steps); fewer "
                           "act faster and worse"})
+    critic_warmup_updates: int = dataclasses.field(default=0, metadata={
+        "min": 0, "help": "actors act with one candidate (a plain sample) until the weights they hold come from "
+                          "this many updates: a critic fitted on few labels chooses worse than no choice "
+                          "(bench/RESULTS.md, session 12)"})
     actor_steps_per_call: int = dataclasses.field(default=20, metadata={"min": 1})
     variable_update_period: int = dataclasses.field(default=10, metadata={"min": 1, "help": "actor steps between weight polls"})
     actor_resources: str = dataclasses.field(default="", metadata={"help": "e.g. actor:1"})
@@ -167,6 +171,11 @@ class TrainConfig:
                                                             "predicts its chunk in one pass")
             if self.distill.enabled:
                 raise ConfigError("distill.enabled", "distillation grows the diffusion U-Net; use --policy diffusion")
+        if self.critic_warmup_updates and not (self.policy == "diffusion" and self.diffusion.critic_hidden
+                                               and self.diffusion.num_candidates > 1):
+            raise ConfigError("critic_warmup_updates", "gates choosing among candidates: needs a diffusion policy "
+                                                       "with a critic (diffusion.critic_hidden) and "
+                                                       "diffusion.num_candidates > 1")
         if self.policy == "diffusion" and self.diffusion.critic_hidden:
             if self.replay.online_sampler != "uniform":
                 raise ConfigError("replay.online_sampler", "the success critic must see failed episodes too; the "

@@ -182,3 +182,57 @@ def test_train_from_a_bc_run_grows_a_critic_that_resumes_and_evaluates(demos, bc
                  "--out", str(tmp_path / "eval-bc")]) == 2
     assert capsys.readouterr().err.startswith("error: num_candidates: choosing among candidates needs a success critic")
     assert not (tmp_path / "eval-bc").exists()
+
+
+def test_actors_act_on_plain_samples_until_the_critic_warmup_is_over():
+    """`Actor(critic_warmup=N)`: while its weights come from fewer than N updates the actor samples
+    one candidate; from the first weights of N updates on, it executes the critic's best of the
+    policy's candidates, and the chunk it then executes is exactly that choice (real MuJoCo env,
+    real Reverb)."""
+    from ada_curriculum import replay as replay_lib
+    from ada_curriculum.agent.actor import Actor
+    from ada_curriculum.agent.task_source import TaskSource
+    from ada_curriculum.agent.variable_source import VariableSource
+    from ada_curriculum.policies import make_policy
+    from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, flatten_obs
+
+    policy = make_policy("diffusion", down_dims=(16, 32), num_inference_steps=2, critic_hidden=32,
+                         num_candidates=4, eta=1.0)
+    variables = policy.init(jax.random.PRNGKey(0), normalizer.identity(OBS_DIM, ACTION_DIM))
+    critic = dict(variables["params"]["critic"])  # a critic that rates candidates differently
+    last = f"Dense_{policy.config.critic_layers}"
+    critic[last] = {**critic[last], "kernel": jax.random.normal(jax.random.PRNGKey(3), critic[last]["kernel"].shape)}
+    variables = {**variables, "params": {**variables["params"], "critic": critic}}
+    server = replay_lib.ReplayServer(replay_lib.ReplayConfig(min_size_to_sample=1), obs_dim=OBS_DIM,
+                                     action_dim=ACTION_DIM, task_dim=9, window=policy.config.horizon)
+    source = VariableSource()
+    source.publish(variables, 3)
+    client = replay_lib.ReplayClient(server.address, window=policy.config.horizon, n_obs_steps=policy.n_obs_steps)
+    actor = Actor(0, policy, client, source, TaskSource("nominal", seed=0), num_envs=1, env_kwargs={"time_limit": 50},
+                  critic_warmup=5, variable_update_period=1)
+    try:
+        assert actor.runner.sampling == {"num_candidates": 1}
+        actor.run(policy.n_action_steps)  # one whole chunk at version 3: still plain samples
+        assert actor.runner.sampling == {"num_candidates": 1}
+        source.publish(variables, 5)
+        obs = actor._timesteps[0].observation
+        history = np.stack([h for h in actor.runner._obs[0]] + [flatten_obs(obs, policy.obs_frame)])[-policy.n_obs_steps:]
+        _, key = jax.random.split(actor.runner._rng)  # the key the runner's next replan uses
+        actor._maybe_update_variables()  # in process, the poll in flight is the one from before the publish
+        executed = actor.runner  # the runner stays (histories kept); only its sampling changes
+        actor.run(1)
+        assert actor.version == 5 and actor.runner is executed and actor.runner.sampling == {}
+        chosen = policy.predict_action(variables, {"obs": history[None]}, key)  # best of 4 by the critic
+        plain = policy.predict_action(variables, {"obs": history[None]}, key, num_candidates=1)
+        np.testing.assert_allclose(actor._episodes[0]["action"][-1], np.asarray(chosen)[0, 0], atol=1e-5)
+        assert not np.allclose(np.asarray(chosen), np.asarray(plain))
+    finally:
+        actor.close()
+        server.stop()
+
+
+def test_a_critic_warmup_without_candidates_to_choose_among_is_a_one_line_error(tmp_path, capsys):
+    from conftest import train_cli_error
+
+    assert train_cli_error(tmp_path, capsys, ["--critic-warmup-updates", "100"]).startswith(
+        "error: critic_warmup_updates: gates choosing among candidates")

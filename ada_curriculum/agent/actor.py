@@ -43,7 +43,8 @@ def trial_spans(trial) -> list[tuple[int, int, int]]:
 class Actor:
     def __init__(self, actor_id: int, policy, replay, variable_source, task_source, env_name: str = "banana-place",
                  num_envs: int = 2, seed: int = 0, variable_update_period: int = 20, env_kwargs: dict | None = None,
-                 sampling: dict | None = None, align_chunks: bool = True, weighting: str = "success"):
+                 sampling: dict | None = None, align_chunks: bool = True, weighting: str = "success",
+                 critic_warmup: int = 0):
         self.actor_id = actor_id
         self.policy, self.replay = policy, replay
         self.variable_source, self.task_source = variable_source, task_source
@@ -58,8 +59,11 @@ class Actor:
         self.version, variables, published_policy, self.generation = self._wait_for_variables()
         # The published policy, when given: a distillation run may be past its first generation.
         self.policy = published_policy or policy
-        self._runner_args = dict(num_envs=num_envs, seed=seed, **(sampling or {}))
-        self.runner = PolicyRunner(self.policy, variables, **self._runner_args)
+        self._sampling = dict(sampling or {})
+        # Until the weights come from `critic_warmup` updates, act on plain samples (one candidate).
+        self.critic_warmup = critic_warmup
+        self._runner_args = dict(num_envs=num_envs, seed=seed)
+        self.runner = PolicyRunner(self.policy, variables, **self._runner_args, **self._acting_sampling())
         self._poll = remote.Poll(variable_source, "get_with_policy", self.version)
         self._timesteps = [None] * num_envs
         self._episodes = [None] * num_envs
@@ -96,10 +100,17 @@ class Actor:
                     # Another model (distillation handover): a new runner; episodes in flight
                     # go on with it from their current observation.
                     self.policy = policy
-                    self.runner = PolicyRunner(policy, variables, **self._runner_args)
+                    self.runner = PolicyRunner(policy, variables, **self._runner_args, **self._acting_sampling())
                 else:
                     self.runner.set_variables(variables)
+                    if self.runner.sampling != self._acting_sampling():  # the critic's warm-up is over
+                        self.runner.set_sampling(**self._acting_sampling())
             self._poll = remote.Poll(self.variable_source, "get_with_policy", self.version)
+
+    def _acting_sampling(self) -> dict:
+        if self.version < self.critic_warmup:
+            return {**self._sampling, "num_candidates": 1}
+        return dict(self._sampling)
 
     def run(self, num_steps: int) -> dict:
         """`num_steps * num_envs` env steps in all; returns counters and the finished episodes' results.

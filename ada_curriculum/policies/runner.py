@@ -94,6 +94,18 @@ class PolicyRunner:
         self.policy, self.num_envs, self.memory = policy, num_envs, memory
         self.variables = variables
         self._rng = jax.random.PRNGKey(seed)
+        self._seq = policy.kind == "transformer"
+        self._history = int(policy.config.max_len) if self._seq else int(policy.n_obs_steps)
+        self._trial_sampling_arg = trial_sampling
+        self.set_sampling(**sampling)
+        self.policy_calls = 0  # full-batch predictions made (each costs the same, however many rows use it)
+        self.reset()
+
+    def set_sampling(self, **sampling):
+        """New sampling arguments (e.g. `num_candidates`), effective at each env's next replan;
+        histories and queued actions are kept."""
+        self.sampling = dict(sampling)
+        trial_sampling, policy = self._trial_sampling_arg, self.policy
         # One sampling setting per trial index (the last one for every later trial), each with
         # its own jitted predict (a DDIM step count is static, so each one compiles once).
         self.trial_sampling = [dict(sampling, **s) for s in trial_sampling] if trial_sampling else [dict(sampling)]
@@ -101,10 +113,6 @@ class PolicyRunner:
         self._setting = [keys.index(key) for key in keys]  # trial -> first equal setting
         self._predicts = {i: _predict_fn(policy, keys[i]) for i in sorted(set(self._setting))}
         self._predict = self._predicts[0]  # the first trial's (the only one without trial_sampling)
-        self._seq = policy.kind == "transformer"
-        self._history = int(policy.config.max_len) if self._seq else int(policy.n_obs_steps)
-        self.policy_calls = 0  # full-batch predictions made (each costs the same, however many rows use it)
-        self.reset()
 
     def set_variables(self, variables):
         """New weights (e.g. from the learner); plans already made are kept."""
