@@ -46,6 +46,7 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
         "num_actors": args.num_actors, "envs_per_actor": args.envs_per_actor,
         "acting_inference_steps": args.acting_inference_steps, "demo_fraction": args.demo_fraction, "max_updates": None,
         "online_weight": getattr(args, "online_weight", 1.0),
+        "critic_warmup_updates": getattr(args, "critic_warmup_updates", 0),
         "max_env_steps": args.env_steps, "max_minutes": args.minutes, "checkpoint_every": 1000,
         "eval_every": 0, "dashboard": False, "embedding_every": 0, "seed": args.seed, "curriculum": curriculum,
         "distributed": not args.in_process,
@@ -94,6 +95,8 @@ def main() -> None:
                         "the demos and only the critic learns from the actors; see bench/self_imitation.py)")
     p.add_argument("--critic-hidden", type=int, default=0, help="success critic width (0: none; see rl_vs_control)")
     p.add_argument("--candidates", type=int, default=1, help="chunks the critic chooses among when acting")
+    p.add_argument("--critic-warmup-updates", type=int, default=0,
+                   help="actors act on plain samples until their weights come from this many updates")
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue arms whose run directories exist")
