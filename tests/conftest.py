@@ -80,6 +80,38 @@ REAL_RUN_DISTILL = {"enabled": True, "generations": ["small", "base"], "down_dim
                     "switch_every_updates": 4, "weight": 1.0, "constant_updates": 4, "anneal_updates": 4}
 
 
+@pytest.fixture
+def make_actor():
+    """make_actor(policy, variables, version=1, **actor_kwargs) -> (actor, replay client, variable
+    source): one actor (one env unless told) on the nominal task, writing to a real Reverb server,
+    with `variables` published as `version`; everything is closed after the test."""
+    closers = []
+
+    def make(policy, variables, version=1, **kwargs):
+        from ada_curriculum import replay as replay_lib
+        from ada_curriculum.agent.actor import Actor
+        from ada_curriculum.agent.task_source import TaskSource
+        from ada_curriculum.agent.variable_source import VariableSource
+        from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM
+
+        server = replay_lib.ReplayServer(replay_lib.ReplayConfig(min_size_to_sample=1), obs_dim=OBS_DIM,
+                                         action_dim=ACTION_DIM, task_dim=9, window=policy.config.horizon)
+        closers.append(server.stop)
+        source = VariableSource()
+        source.publish(variables, version)
+        client = replay_lib.ReplayClient(server.address, window=policy.config.horizon,
+                                         n_obs_steps=policy.n_obs_steps)
+        closers.append(client.close)
+        kwargs.setdefault("num_envs", 1)
+        actor = Actor(0, policy, client, source, TaskSource("nominal", seed=0), **kwargs)
+        closers.append(actor.close)
+        return actor, client, source
+
+    yield make
+    for close in reversed(closers):
+        close()
+
+
 @pytest.fixture(scope="session")
 def real_run(demos, tmp_path_factory, compile_cache_dir):
     """A short real in-process `train` run (widening curriculum, held-out evaluation with a video,

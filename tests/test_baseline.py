@@ -68,48 +68,34 @@ def test_bad_dims_name_the_field():
         SuccessBaseline(dims=("banana_z",))
 
 
-def test_actor_writes_advantage_weights_to_replay():
+def test_actor_writes_advantage_weights_to_replay(make_actor):
     """`Actor(weighting="advantage")` writes max(success - baseline, 0) as each online episode's
     weight (real MuJoCo env, real Reverb): the first success on a task is worth 1 - 0.5, the next
     one on the same task ~0 (the baseline has seen it solved), a failure 0."""
     import jax
 
-    from ada_curriculum import replay as replay_lib
-    from ada_curriculum.agent.actor import Actor
-    from ada_curriculum.agent.task_source import TaskSource
-    from ada_curriculum.agent.variable_source import VariableSource
     from ada_curriculum.policies import make_policy, normalizer
     from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM
 
     policy = make_policy("diffusion", down_dims=(16, 32), num_inference_steps=2, n_action_steps=8)
     variables = policy.init(jax.random.PRNGKey(0), normalizer.identity(OBS_DIM, ACTION_DIM))
-    server = replay_lib.ReplayServer(replay_lib.ReplayConfig(min_size_to_sample=1), obs_dim=OBS_DIM,
-                                     action_dim=ACTION_DIM, task_dim=9, window=policy.config.horizon)
-    source = VariableSource()
-    source.publish(variables, 1)
-    client = replay_lib.ReplayClient(server.address, window=policy.config.horizon, n_obs_steps=policy.n_obs_steps)
-    actor = Actor(0, policy, client, source, TaskSource("nominal", seed=0), num_envs=1, env_kwargs={"time_limit": 5},
-                  weighting="advantage")
-    try:
-        weights = []
-        for success in (True, True, False):
-            actor.run(3)  # a few steps of a fresh episode (the 5-step limit is not reached)
-            ts = actor._timesteps[0]
-            ts.info["success"] = success  # the outcome under test; the episode's data is real
-            result = actor._finish(0, ts)
-            actor._start(0)
-            assert result["success"] is success
-            weights.append(actor._baseline.estimate(actor.envs[0].task))
-        batch = client.sample("online", 200)
-        written = sorted({round(float(w), 6) for w in batch["weight"]})
-        assert written == [0.0, 0.5]
-        assert weights[0] == pytest.approx(1.0)  # after one success, the baseline says "solved"
-    finally:
-        actor.close()
-        server.stop()
+    actor, client, _ = make_actor(policy, variables, env_kwargs={"time_limit": 5}, weighting="advantage")
+    weights = []
+    for success in (True, True, False):
+        actor.run(3)  # a few steps of a fresh episode (the 5-step limit is not reached)
+        ts = actor._timesteps[0]
+        ts.info["success"] = success  # the outcome under test; the episode's data is real
+        result = actor._finish(0, ts)
+        actor._start(0)
+        assert result["success"] is success
+        weights.append(actor._baseline.estimate(actor.envs[0].task))
+    batch = client.sample("online", 200)
+    written = sorted({round(float(w), 6) for w in batch["weight"]})
+    assert written == [0.0, 0.5]
+    assert weights[0] == pytest.approx(1.0)  # after one success, the baseline says "solved"
 
     with pytest.raises(ValueError, match="weighting"):
-        Actor(0, policy, client, source, TaskSource("nominal", seed=0), num_envs=1, weighting="reward")
+        make_actor(policy, variables, weighting="reward")
 
 
 def test_train_rejects_advantage_weighting_for_the_transformer(tmp_path):

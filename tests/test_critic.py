@@ -22,11 +22,11 @@ def _variables(policy=POLICY, seed=0):
     return policy.init(jax.random.PRNGKey(seed), normalizer.identity(policy.obs_dim, policy.action_dim))
 
 
-def _learned(variables, seed=3):
+def _learned(variables, seed=3, policy=POLICY):
     """The variables with a critic that rates candidates differently: a random output layer in
     place of the zero one a fresh critic starts with."""
     critic = dict(variables["params"]["critic"])
-    last = f"Dense_{POLICY.config.critic_layers}"
+    last = f"Dense_{policy.config.critic_layers}"
     kernel = critic[last]["kernel"]
     critic[last] = {**critic[last], "kernel": jax.random.normal(jax.random.PRNGKey(seed), kernel.shape)}
     return {**variables, "params": {**variables["params"], "critic": critic}}
@@ -184,51 +184,34 @@ def test_train_from_a_bc_run_grows_a_critic_that_resumes_and_evaluates(demos, bc
     assert not (tmp_path / "eval-bc").exists()
 
 
-def test_actors_act_on_plain_samples_until_the_critic_warmup_is_over():
+def test_actors_act_on_plain_samples_until_the_critic_warmup_is_over(make_actor):
     """`Actor(critic_warmup=N)`: while its weights come from fewer than N updates the actor samples
     one candidate; from the first weights of N updates on, it executes the critic's best of the
     policy's candidates, and the chunk it then executes is exactly that choice (real MuJoCo env,
     real Reverb)."""
-    from ada_curriculum import replay as replay_lib
-    from ada_curriculum.agent.actor import Actor
-    from ada_curriculum.agent.task_source import TaskSource
-    from ada_curriculum.agent.variable_source import VariableSource
     from ada_curriculum.policies import make_policy
     from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, flatten_obs
 
     policy = make_policy("diffusion", down_dims=(16, 32), num_inference_steps=2, critic_hidden=32,
                          num_candidates=4, eta=1.0)
-    variables = policy.init(jax.random.PRNGKey(0), normalizer.identity(OBS_DIM, ACTION_DIM))
-    critic = dict(variables["params"]["critic"])  # a critic that rates candidates differently
-    last = f"Dense_{policy.config.critic_layers}"
-    critic[last] = {**critic[last], "kernel": jax.random.normal(jax.random.PRNGKey(3), critic[last]["kernel"].shape)}
-    variables = {**variables, "params": {**variables["params"], "critic": critic}}
-    server = replay_lib.ReplayServer(replay_lib.ReplayConfig(min_size_to_sample=1), obs_dim=OBS_DIM,
-                                     action_dim=ACTION_DIM, task_dim=9, window=policy.config.horizon)
-    source = VariableSource()
-    source.publish(variables, 3)
-    client = replay_lib.ReplayClient(server.address, window=policy.config.horizon, n_obs_steps=policy.n_obs_steps)
-    actor = Actor(0, policy, client, source, TaskSource("nominal", seed=0), num_envs=1, env_kwargs={"time_limit": 50},
-                  critic_warmup=5, variable_update_period=1)
-    try:
-        assert actor.runner.sampling == {"num_candidates": 1}
-        actor.run(policy.n_action_steps)  # one whole chunk at version 3: still plain samples
-        assert actor.runner.sampling == {"num_candidates": 1}
-        source.publish(variables, 5)
-        obs = actor._timesteps[0].observation
-        history = np.stack([h for h in actor.runner._obs[0]] + [flatten_obs(obs, policy.obs_frame)])[-policy.n_obs_steps:]
-        _, key = jax.random.split(actor.runner._rng)  # the key the runner's next replan uses
-        actor._maybe_update_variables()  # in process, the poll in flight is the one from before the publish
-        executed = actor.runner  # the runner stays (histories kept); only its sampling changes
-        actor.run(1)
-        assert actor.version == 5 and actor.runner is executed and actor.runner.sampling == {}
-        chosen = policy.predict_action(variables, {"obs": history[None]}, key)  # best of 4 by the critic
-        plain = policy.predict_action(variables, {"obs": history[None]}, key, num_candidates=1)
-        np.testing.assert_allclose(actor._episodes[0]["action"][-1], np.asarray(chosen)[0, 0], atol=1e-5)
-        assert not np.allclose(np.asarray(chosen), np.asarray(plain))
-    finally:
-        actor.close()
-        server.stop()
+    variables = _learned(policy.init(jax.random.PRNGKey(0), normalizer.identity(OBS_DIM, ACTION_DIM)), policy=policy)
+    actor, _, source = make_actor(policy, variables, version=3, env_kwargs={"time_limit": 50}, critic_warmup=5,
+                                  variable_update_period=1)
+    assert actor.runner.sampling == {"num_candidates": 1}
+    actor.run(policy.n_action_steps)  # one whole chunk at version 3: still plain samples
+    assert actor.runner.sampling == {"num_candidates": 1}
+    source.publish(variables, 5)
+    obs = actor._timesteps[0].observation
+    history = np.stack(list(actor.runner._obs[0]) + [flatten_obs(obs, policy.obs_frame)])[-policy.n_obs_steps:]
+    _, key = jax.random.split(actor.runner._rng)  # the key the runner's next replan uses
+    actor._maybe_update_variables()  # in process, the poll in flight is the one from before the publish
+    runner = actor.runner  # the runner stays (histories kept); only its sampling changes
+    actor.run(1)
+    assert actor.version == 5 and actor.runner is runner and actor.runner.sampling == {}
+    chosen = policy.predict_action(variables, {"obs": history[None]}, key)  # best of 4 by the critic
+    plain = policy.predict_action(variables, {"obs": history[None]}, key, num_candidates=1)
+    np.testing.assert_allclose(actor._episodes[0]["action"][-1], np.asarray(chosen)[0, 0], atol=1e-5)
+    assert not np.allclose(np.asarray(chosen), np.asarray(plain))
 
 
 def test_a_critic_warmup_without_candidates_to_choose_among_is_a_one_line_error(tmp_path, capsys):
