@@ -183,7 +183,7 @@ class Builder:
                     variable_update_period=c.variable_update_period, env_kwargs=self.env_kwargs,
                     sampling=None if c.acting_inference_steps is None
                     else {"num_inference_steps": c.acting_inference_steps},
-                    weighting=c.online_weighting, critic_warmup=getattr(c, "critic_warmup_updates", 0))
+                    weighting=c.online_weighting, critic_warmup=c.critic_warmup_updates)
 
     def make_actor(self, i: int, replay_address, variable_source, task_source) -> ActorWorker:
         return ActorWorker(**self.actor_args(i, replay_address, variable_source, task_source))
