@@ -219,3 +219,15 @@ def test_a_critic_warmup_without_candidates_to_choose_among_is_a_one_line_error(
 
     assert train_cli_error(tmp_path, capsys, ["--critic-warmup-updates", "100"]).startswith(
         "error: critic_warmup_updates: gates choosing among candidates")
+
+
+def test_the_critic_warmup_reaches_the_actors(tmp_path):
+    from ada_curriculum import config as config_lib
+    from ada_curriculum.agent.builder import Builder
+    from ada_curriculum.policies import make_policy
+    from ada_curriculum.train import TrainConfig
+
+    cfg = config_lib.from_dict(TrainConfig, {"run": str(tmp_path), "demo_fraction": 0.0, "critic_warmup_updates": 300,
+                                             "diffusion": {"critic_hidden": 32, "num_candidates": 4}})
+    cfg.validate()
+    assert Builder(cfg, make_policy("diffusion", cfg.diffusion)).actor_args(0, None, None, None)["critic_warmup"] == 300
