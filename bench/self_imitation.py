@@ -42,7 +42,7 @@ from ada_curriculum.data import windows as windows_lib
 from ada_curriculum.data.loader import Prefetcher
 from ada_curriculum.episode_store import EpisodeRecorder
 from ada_curriculum.learning import create_train_state
-from ada_curriculum.policies.critic import critic_logits
+from ada_curriculum.policies.critic import critic_logits, select_best
 from ada_curriculum.policies.obs import binarize_gripper
 from ada_curriculum.policies.runner import PolicyRunner
 from ada_curriculum.pretrain import PretrainConfig, build, fit_normalizer, load_policy
@@ -60,9 +60,7 @@ def planner(policy, n: int):
         if n == 1:
             return chunk, horizon
         logits = critic_logits(policy.critic, variables["params"]["critic"], variables["normalizer"], obs, chunk)
-        best = jnp.argmax(logits.reshape(rows, n), axis=1)
-        pick = lambda x: x.reshape(rows, n, *x.shape[1:])[jnp.arange(rows), best]  # noqa: E731
-        return pick(chunk), pick(horizon)
+        return select_best(chunk, logits, rows), select_best(horizon, logits, rows)
 
     return jax.jit(plan)
 
