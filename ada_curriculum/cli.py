@@ -403,6 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             lo, hi = summary["ci95"]
             print(f"success {summary['success_rate']:.3f} (95% CI {lo:.2f}-{hi:.2f}) over {summary['episodes']} "
                   f"episodes on {cfg.tasks}")
+            from ada_curriculum.evaluate import widest_spread
+
+            spread = widest_spread(summary["per_dimension"])
+            if spread:
+                print(f"widest spread over one task dimension: {spread[0]} {spread[1]:.2f} to {spread[2]:.2f} "
+                      f"(summary.json: per_dimension)")
             if len(summary["success_per_trial"]) > 1:
                 print("success per trial: " + ", ".join(f"{r:.2f}" for r in summary["success_per_trial"])
                       + f"; last - first: {summary['last_vs_first_trial']:+.2f}")

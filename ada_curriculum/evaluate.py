@@ -20,6 +20,9 @@ from ada_curriculum.policies.runner import PolicyRunner
 
 # Task bins: banana (x, y) on a 3 x 3 grid over the full task space.
 BINS = 3
+# Equal intervals per task dimension for `per_dimension`. Six, so that banana headings near 0
+# and near +-pi (the same grasp, turned) fall in other bins than those near +-pi/2.
+DIMENSION_BINS = 6
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -217,9 +220,42 @@ def summarize(results: Sequence[EpisodeResult]) -> dict:
         "episodes": n, "successes": wins, "success_rate": wins / n if n else 0.0, "ci95": [lo, hi],
         "mean_steps": float(np.mean([r.steps for r in results])) if n else 0.0,
         "unstable": sum(r.unstable for r in results),
-        "per_bin": dict(sorted(bins.items())), **per_trial_summary([r.trial_successes for r in results]),
-        **plate_choice_summary(results),
+        "per_bin": dict(sorted(bins.items())), "per_dimension": per_dimension(results),
+        **per_trial_summary([r.trial_successes for r in results]), **plate_choice_summary(results),
     }
+
+
+def per_dimension(results: Sequence[EpisodeResult], per_dim: int = DIMENSION_BINS) -> dict:
+    """Success over equal intervals of each task dimension that varies in `results`, the rest
+    marginalised: which dimension a policy fails on, and so which one a curriculum should widen.
+    The intervals are the curriculum's own bins (`curriculum.bins`) over the full space."""
+    from ada_curriculum.curriculum.bins import BinGrid
+
+    out = {}
+    for name in (d.name for d in envs.FULL.dimensions):
+        if len({getattr(r.task, name) for r in results}) < 2:
+            continue
+        grid = BinGrid.make(envs.FULL, (name,), per_dim)
+        rows = [{"low": lo, "high": hi, "episodes": 0, "successes": 0} for lo, hi in grid.intervals[0]]
+        for r in results:
+            row = rows[grid.index(r.task)]
+            row["episodes"] += 1
+            row["successes"] += int(r.success)
+        for row in rows:
+            row["success_rate"] = row["successes"] / row["episodes"] if row["episodes"] else None
+        out[name] = rows
+    return out
+
+
+def widest_spread(per_dim: dict, min_episodes: int = 10) -> tuple[str, float, float] | None:
+    """(dimension, lowest, highest success) of the dimension whose bins (those with at least
+    `min_episodes` episodes) differ most, or None when no dimension has two such bins."""
+    best = None
+    for name, rows in per_dim.items():
+        rates = [r["success_rate"] for r in rows if r["episodes"] >= min_episodes]
+        if len(rates) >= 2 and (best is None or max(rates) - min(rates) > best[2] - best[1]):
+            best = (name, min(rates), max(rates))
+    return best
 
 
 def plate_choice_summary(results: Sequence[EpisodeResult]) -> dict:

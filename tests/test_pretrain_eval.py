@@ -1,5 +1,6 @@
 """pretrain -> checkpoint -> resume -> eval through the real CLI, with tiny runs."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -98,6 +99,28 @@ def test_wilson_interval_and_task_bins():
     assert plan == evaluate.episode_plan("full", 30, seed=3) and plan != evaluate.episode_plan("full", 30, seed=4)
     bins = {evaluate.task_bin(task) for task, _ in plan}
     assert len(bins) > 3 and all(b.startswith("x") for b in bins)
+
+
+def test_per_dimension_success_finds_the_dimension_a_policy_fails_on():
+    import math
+
+    plan = evaluate.episode_plan("full", 240, seed=5)
+    # A made-up policy that fails whenever the banana lies across the gripper (|yaw| near pi/2).
+    results = [evaluate.EpisodeResult(task=t, seed=s, success=abs(math.cos(t.banana_yaw)) > 0.5, steps=10,
+                                      trial_successes=[abs(math.cos(t.banana_yaw)) > 0.5], unstable=False)
+               for t, s in plan]
+    per_dim = evaluate.summarize(results)["per_dimension"]
+    yaw = per_dim["banana_yaw"]
+    assert len(yaw) == evaluate.DIMENSION_BINS and yaw[0]["low"] == pytest.approx(-math.pi)
+    assert sum(r["episodes"] for r in yaw) == 240
+    assert sum(r["successes"] for r in yaw) == sum(r.success for r in results)
+    # Bins of headings near 0 or +-pi all succeed; the two around +-pi/2 mostly fail.
+    rates = [r["success_rate"] for r in yaw]
+    assert rates[0] == rates[2] == rates[3] == rates[5] == 1.0 and max(rates[1], rates[4]) < 0.5
+    assert evaluate.widest_spread(per_dim)[0] == "banana_yaw"
+    # A dimension every episode shares (the nominal task's) is left out.
+    nominal = [dataclasses.replace(r, task=evaluate.episode_plan("nominal", 1, 0)[0][0]) for r in results[:5]]
+    assert evaluate.per_dimension(nominal) == {} and evaluate.widest_spread({}) is None
 
 
 def test_paired_difference_interval_matches_the_formula_and_beats_the_unpaired_one():
