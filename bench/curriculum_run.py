@@ -50,7 +50,9 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
         "max_env_steps": args.env_steps, "max_minutes": args.minutes, "checkpoint_every": 1000,
         "eval_every": 0, "dashboard": False, "embedding_every": 0, "seed": args.seed, "curriculum": curriculum,
         "distributed": not args.in_process,
-        "diffusion": {**frame["diffusion"], "critic_hidden": args.critic_hidden, "num_candidates": args.candidates},
+        "diffusion": {**frame["diffusion"], "critic_hidden": args.critic_hidden, "num_candidates": args.candidates,
+                      "critic_ensemble": getattr(args, "critic_ensemble", 1),
+                      "critic_pessimism": getattr(args, "critic_pessimism", 0.0)},
         "augment": frame["augment"],
         "optim": {"learning_rate": args.learning_rate, "warmup_steps": 100, "decay_steps": 100_000,
                   "ema_warmup": False, "ema_decay": 0.995},
@@ -95,6 +97,9 @@ def main() -> None:
                         "the demos and only the critic learns from the actors; see bench/self_imitation.py)")
     p.add_argument("--critic-hidden", type=int, default=0, help="success critic width (0: none; see rl_vs_control)")
     p.add_argument("--candidates", type=int, default=1, help="chunks the critic chooses among when acting")
+    p.add_argument("--critic-ensemble", type=int, default=1, help="critic networks (see policies/critic.py)")
+    p.add_argument("--critic-pessimism", type=float, default=0.0,
+                   help="acting ranks candidates by the ensemble's mean logit minus this times its spread")
     p.add_argument("--critic-warmup-updates", type=int, default=0,
                    help="actors act on plain samples until their weights come from this many updates")
     p.add_argument("--eval-episodes", type=int, default=100)
@@ -134,6 +139,7 @@ def main() -> None:
     out = {
         "bench": "curriculum_run", "curriculum_strategy": strategies[0], "budget_env_steps": args.env_steps,
         "critic_hidden": args.critic_hidden, "candidates": args.candidates,
+        "critic_ensemble": args.critic_ensemble, "critic_pessimism": args.critic_pessimism,
         "curriculum_settings": json.loads(args.curriculum_json),
         "budget_minutes": args.minutes, "eval_tasks": "full", "eval_episodes": args.eval_episodes,
         "init_success": init_eval["success_rate"], "curriculum_success": c["success_rate"],

@@ -42,7 +42,7 @@ from ada_curriculum.data import windows as windows_lib
 from ada_curriculum.data.loader import Prefetcher
 from ada_curriculum.episode_store import EpisodeRecorder
 from ada_curriculum.learning import create_train_state
-from ada_curriculum.policies.critic import critic_logits, select_best
+from ada_curriculum.policies.critic import critic_score, select_best
 from ada_curriculum.policies.obs import binarize_gripper
 from ada_curriculum.policies.runner import PolicyRunner
 from ada_curriculum.pretrain import PretrainConfig, build, fit_normalizer, load_policy
@@ -59,8 +59,9 @@ def planner(policy, n: int):
         rows = batch["obs"].shape[0]
         if n == 1:
             return chunk, horizon
-        logits = critic_logits(policy.critic, variables["params"]["critic"], variables["normalizer"], obs, chunk)
-        return select_best(chunk, logits, rows), select_best(horizon, logits, rows)
+        scores = critic_score(policy.critic, variables["params"]["critic"], variables["normalizer"], obs, chunk,
+                              policy.config.critic_pessimism)
+        return select_best(chunk, scores, rows), select_best(horizon, scores, rows)
 
     return jax.jit(plan)
 

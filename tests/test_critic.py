@@ -11,11 +11,13 @@ import pytest
 
 from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer, make_train_step
 from ada_curriculum.policies import normalizer
-from ada_curriculum.policies.critic import critic_logits
+from ada_curriculum.policies.critic import critic_head_logits, critic_logits
 from ada_curriculum.policies.diffusion import DiffusionConfig, DiffusionPolicy
 from ada_curriculum.policies.obs import binarize_gripper
 
 POLICY = DiffusionPolicy(DiffusionConfig(down_dims=(16, 32), critic_hidden=32, num_candidates=5, eta=1.0))
+ENSEMBLE = DiffusionPolicy(DiffusionConfig(down_dims=(16, 32), critic_hidden=32, num_candidates=5, eta=1.0,
+                                           critic_ensemble=4, critic_pessimism=2.0))
 
 
 def _variables(policy=POLICY, seed=0):
@@ -71,8 +73,10 @@ def test_a_fresh_critic_rates_every_candidate_alike_so_acting_executes_a_plain_s
     np.testing.assert_allclose(chosen, cands[:, 0])
 
 
-def test_critic_learns_success_from_its_own_windows_and_leaves_the_denoiser_alone():
-    variables = _variables()
+@pytest.mark.parametrize("policy", [POLICY, ENSEMBLE], ids=["one", "ensemble"])
+def test_critic_learns_success_from_its_own_windows_and_leaves_the_denoiser_alone(policy):
+    POLICY = policy  # noqa: N806 (the body reads as for the single critic)
+    variables = _variables(policy)
     rng = np.random.default_rng(0)
     b = 64
 
@@ -103,12 +107,81 @@ def test_critic_learns_success_from_its_own_windows_and_leaves_the_denoiser_alon
         state, metrics = step(state, batch())
     assert float(before["critic_accuracy"]) < 0.75
     assert float(metrics["critic_accuracy"]) > 0.9 and float(metrics["critic_bce"]) < 0.3
+    if policy.config.critic_ensemble > 1:
+        # Every network learned (each alone is accurate), and they learned differently.
+        b = batch()
+        heads = np.asarray(critic_head_logits(policy.critic, state.params["critic"], variables["normalizer"],
+                                              b["obs"], policy.executed_chunk(b["action"])))
+        assert heads.shape == (4, 64) and float(metrics["critic_spread"]) > 0
+        assert all(((h > 0) == (b["critic_label"] > 0.5)).mean() > 0.85 for h in heads)
+
+
+def test_an_ensemble_critic_acts_on_its_lower_bound_and_starts_as_plain_sampling():
+    obs = jax.random.uniform(jax.random.PRNGKey(1), (8, ENSEMBLE.n_obs_steps, ENSEMBLE.obs_dim), minval=-1, maxval=1)
+    rng = jax.random.PRNGKey(2)
+    fresh = _variables(ENSEMBLE)
+    rep = jnp.repeat(obs, 5, axis=0)
+    cands = binarize_gripper(ENSEMBLE.executed_chunk(ENSEMBLE.sample_horizon(fresh, {"obs": rep}, rng)))
+    # Fresh: every network's head is zero, so the first candidate (a plain sample) is executed.
+    assert np.all(np.asarray(critic_head_logits(ENSEMBLE.critic, fresh["params"]["critic"], fresh["normalizer"],
+                                                rep, cands)) == 0)
+    np.testing.assert_allclose(ENSEMBLE.predict_action(fresh, {"obs": obs}, rng),
+                               np.asarray(cands).reshape(8, 5, *cands.shape[1:])[:, 0])
+
+    # Learned (random heads, one per network): the executed chunk maximises mean - 2 * spread.
+    critic = dict(fresh["params"]["critic"])
+    heads = dict(critic["heads"])
+    last = f"Dense_{ENSEMBLE.config.critic_layers}"
+    heads[last] = {**heads[last], "kernel": jax.random.normal(jax.random.PRNGKey(3), heads[last]["kernel"].shape)}
+    variables = {**fresh, "params": {**fresh["params"], "critic": {**critic, "heads": heads}}}
+    chosen = np.asarray(ENSEMBLE.predict_action(variables, {"obs": obs}, rng))
+    logits = np.asarray(critic_head_logits(ENSEMBLE.critic, variables["params"]["critic"], variables["normalizer"],
+                                           rep, cands)).reshape(4, 8, 5)
+    lower, mean = logits.mean(0) - 2.0 * logits.std(0), logits.mean(0)
+    cands = np.asarray(cands).reshape(8, 5, *cands.shape[1:])
+    np.testing.assert_allclose(chosen, cands[np.arange(8), lower.argmax(1)])
+    assert (lower.argmax(1) != mean.argmax(1)).any()  # the spread changed some choice: pessimism is live
+
+
+def test_an_ensemble_disagrees_where_it_has_seen_no_data():
+    """What pessimism relies on: trained on chunks in one region, the networks agree more there
+    than on chunks that leave it along directions the label never depended on (where a single
+    critic's argmax finds its extrapolation errors)."""
+    policy, variables = ENSEMBLE, _variables(ENSEMBLE)
+    rng = np.random.default_rng(0)
+    b = 64
+
+    def chunks(outlying=0.0):
+        action = rng.uniform(-0.5, 0.5, (b, policy.horizon, policy.action_dim)).astype(np.float32)
+        if outlying:
+            action[..., 1:] = rng.choice([-outlying, outlying], action[..., 1:].shape)
+        return action
+
+    obs = lambda: rng.uniform(-1, 1, (b, policy.n_obs_steps, policy.obs_dim)).astype(np.float32)  # noqa: E731
+    cfg = OptimConfig(learning_rate=1e-3, warmup_steps=1, critic_learning_rate=3e-3)
+    optimizer = make_optimizer(cfg, critic=True)
+    step = jax.jit(make_train_step(policy, optimizer, cfg))
+    state = create_train_state(variables, optimizer, jax.random.PRNGKey(0))
+    for _ in range(150):
+        action = chunks()
+        label = (policy.executed_chunk(action)[:, 0, 0] > 0).astype(np.float32)  # only component 0 matters
+        state, _ = step(state, {"obs": obs(), "action": action, "weight": np.ones(b, np.float32),
+                                "critic_label": label, "critic_mask": np.ones(b, np.float32)})
+
+    def spread(action):
+        heads = critic_head_logits(policy.critic, state.params["critic"], variables["normalizer"], obs(),
+                                   policy.executed_chunk(action))
+        return float(np.asarray(heads).std(0).mean())
+
+    assert spread(chunks(outlying=3.0)) > 1.5 * spread(chunks())
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--diffusion.num-candidates", "4"], "error: diffusion.num_candidates: choosing among candidates needs a critic"),
     (["--diffusion.critic-hidden", "32", "--replay.online-sampler", "weight"],
      "error: replay.online_sampler: the success critic must see failed episodes"),
+    (["--diffusion.critic-hidden", "32", "--diffusion.critic-pessimism", "1"],
+     "error: diffusion.critic_pessimism: needs an ensemble"),
 ])
 def test_critic_configs_that_cannot_work_are_one_line_errors(tmp_path, capsys, argv, message):
     from conftest import train_cli_error

@@ -22,7 +22,7 @@ import numpy as np
 from ada_curriculum.config import ConfigError
 from ada_curriculum.policies import normalizer as norm
 from ada_curriculum.policies.base import Batch, Policy, Variables
-from ada_curriculum.policies.critic import ChunkCritic, critic_logits, critic_loss, select_best
+from ada_curriculum.policies.critic import ChunkCritic, critic_loss, critic_score, select_best
 from ada_curriculum.policies.diffusion_models import ConditionalUnet1D
 from ada_curriculum.policies.noise_schedule import add_noise, ddim_sample, make_schedule
 from ada_curriculum.policies.obs import ACTION_DIM, OBS_DIM, binarize_gripper, check_frame
@@ -69,6 +69,11 @@ class DiffusionConfig:
         "help": "width of a success critic over (observations, executed chunk), trained by RL on the "
                 "actors' episodes (0: no critic; see policies.critic)"})
     critic_layers: int = dataclasses.field(default=3, metadata={"help": "hidden layers of the success critic"})
+    critic_ensemble: int = dataclasses.field(default=1, metadata={
+        "help": "independently initialised critic networks; their spread measures where the critic is unsure"})
+    critic_pessimism: float = dataclasses.field(default=0.0, metadata={
+        "help": "acting ranks candidates by the ensemble's mean logit minus this times its spread "
+                "(needs critic_ensemble > 1; 0: the mean)"})
     num_candidates: int = dataclasses.field(default=1, metadata={
         "help": "chunks sampled per replan; the critic's best is executed (value-guided acting, needs "
                 "critic_hidden > 0; 1: plain sampling)"})
@@ -116,6 +121,13 @@ class DiffusionConfig:
         if self.critic_hidden < 0 or self.critic_layers < 1:
             raise ConfigError("critic_hidden", f"must be >= 0 with critic_layers >= 1, got "
                                                f"{self.critic_hidden}/{self.critic_layers}")
+        if self.critic_ensemble < 1:
+            raise ConfigError("critic_ensemble", f"must be >= 1, got {self.critic_ensemble}")
+        if not (math.isfinite(self.critic_pessimism) and self.critic_pessimism >= 0.0):
+            raise ConfigError("critic_pessimism", f"must be a number >= 0, got {self.critic_pessimism!r}")
+        if self.critic_pessimism > 0.0 and self.critic_ensemble < 2:
+            raise ConfigError("critic_pessimism", "needs an ensemble to measure the critic's spread: set "
+                                                  "critic_ensemble >= 2")
         check_frame(self.obs_frame)
         if self.num_candidates < 1:
             raise ConfigError("num_candidates", f"must be >= 1, got {self.num_candidates}")
@@ -125,7 +137,7 @@ class DiffusionConfig:
     def without_critic(self) -> "DiffusionConfig":
         """The same denoiser with no critic: what a pretrained (BC) run holds."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        names = ("critic_hidden", "critic_layers", "num_candidates")
+        names = ("critic_hidden", "critic_layers", "critic_ensemble", "critic_pessimism", "num_candidates")
         return dataclasses.replace(self, **{k: defaults[k] for k in names})
 
 
@@ -165,7 +177,8 @@ class DiffusionPolicy(Policy):
 
     @functools.cached_property
     def critic(self) -> ChunkCritic:
-        return ChunkCritic(hidden=self.config.critic_hidden, layers=self.config.critic_layers)
+        return ChunkCritic(hidden=self.config.critic_hidden, layers=self.config.critic_layers,
+                           ensemble=self.config.critic_ensemble)
 
     def _denoiser(self, variables: Variables) -> dict:
         """The U-Net's params: all of them, or their "denoiser" part when a critic sits beside."""
@@ -335,8 +348,9 @@ class DiffusionPolicy(Policy):
         chunk = binarize_gripper(chunk) if self.config.binary_gripper else chunk
         if n == 1:
             return chunk
-        logits = critic_logits(self.critic, variables["params"]["critic"], variables["normalizer"], obs, chunk)
-        return select_best(chunk, logits, obs.shape[0] // n)
+        scores = critic_score(self.critic, variables["params"]["critic"], variables["normalizer"], obs, chunk,
+                              self.config.critic_pessimism)
+        return select_best(chunk, scores, obs.shape[0] // n)
 
     def degradation_params(self, level: float) -> tuple[int, float]:
         """(DDIM steps, temperature) for a degradation level in [0, 1].
