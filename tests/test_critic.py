@@ -2,6 +2,7 @@
 the critic learns from episode success without touching the denoiser, configs that cannot work
 are refused, and a real `train --init BC_RUN` run carries a critic through resume and eval."""
 
+import dataclasses
 import json
 
 import jax
@@ -12,7 +13,7 @@ import pytest
 from ada_curriculum.learning import OptimConfig, create_train_state, make_optimizer, make_train_step
 from ada_curriculum.policies import normalizer
 from ada_curriculum.policies.critic import critic_head_logits, critic_logits
-from ada_curriculum.policies.diffusion import DiffusionConfig, DiffusionPolicy
+from ada_curriculum.policies.diffusion import DiffusionConfig, DiffusionPolicy, consensus_gripper
 from ada_curriculum.policies.obs import binarize_gripper
 
 POLICY = DiffusionPolicy(DiffusionConfig(down_dims=(16, 32), critic_hidden=32, num_candidates=5, eta=1.0))
@@ -116,6 +117,34 @@ def test_critic_learns_success_from_its_own_windows_and_leaves_the_denoiser_alon
         assert all(((h > 0) == (b["critic_label"] > 0.5)).mean() > 0.85 for h in heads)
 
 
+def test_consensus_gripper_gives_every_candidate_its_rows_majority_and_keeps_the_motion():
+    rng = np.random.default_rng(0)
+    chunks = rng.uniform(-1, 1, (2 * 4, 3, 5)).astype(np.float32)
+    # Row 0: 3 of 4 candidates close at step 0; a 2-2 tie at step 1; all open at step 2.
+    grip = np.array([[[1, 1, -1], [1, -1, -1], [1, 1, -1], [-1, -1, -1]],
+                     [[-1, 1, 1], [-1, 1, 1], [-1, -1, 1], [1, 1, 1]]], np.float32)
+    chunks[..., 4] = grip.reshape(8, 3)
+    out = np.asarray(consensus_gripper(jnp.asarray(chunks), 4))
+    np.testing.assert_array_equal(out[..., :4], chunks[..., :4])
+    np.testing.assert_array_equal(out[:4, :, 4], np.tile([1, -1, -1], (4, 1)))
+    np.testing.assert_array_equal(out[4:, :, 4], np.tile([-1, 1, 1], (4, 1)))
+
+
+def test_with_a_consensus_gripper_the_critic_chooses_the_motion_only():
+    policy = DiffusionPolicy(dataclasses.replace(POLICY.config, candidate_gripper="consensus"))
+    variables = _learned(_variables(policy), policy=policy)
+    obs = jax.random.uniform(jax.random.PRNGKey(1), (6, policy.n_obs_steps, policy.obs_dim), minval=-1, maxval=1)
+    rng = jax.random.PRNGKey(2)
+    chosen = np.asarray(policy.predict_action(variables, {"obs": obs}, rng))
+    rep = jnp.repeat(obs, 5, axis=0)
+    cands = consensus_gripper(binarize_gripper(policy.executed_chunk(policy.sample_horizon(variables, {"obs": rep}, rng))), 5)
+    logits = np.asarray(critic_logits(policy.critic, variables["params"]["critic"], variables["normalizer"], rep,
+                                      cands)).reshape(6, 5)
+    cands = np.asarray(cands).reshape(6, 5, *cands.shape[1:])
+    np.testing.assert_allclose(chosen, cands[np.arange(6), logits.argmax(1)])
+    assert np.all(np.ptp(cands[..., 4], axis=1) == 0)  # one gripper sequence per row, whichever is chosen
+
+
 def test_an_ensemble_critic_acts_on_its_lower_bound_and_starts_as_plain_sampling():
     obs = jax.random.uniform(jax.random.PRNGKey(1), (8, ENSEMBLE.n_obs_steps, ENSEMBLE.obs_dim), minval=-1, maxval=1)
     rng = jax.random.PRNGKey(2)
@@ -180,6 +209,8 @@ def test_an_ensemble_disagrees_where_it_has_seen_no_data():
     (["--diffusion.num-candidates", "4"], "error: diffusion.num_candidates: choosing among candidates needs a critic"),
     (["--diffusion.critic-hidden", "32", "--replay.online-sampler", "weight"],
      "error: replay.online_sampler: the success critic must see failed episodes"),
+    (["--diffusion.critic-hidden", "32", "--diffusion.candidate-gripper", "first"],
+     "error: diffusion.candidate_gripper"),
     (["--diffusion.critic-hidden", "32", "--diffusion.critic-pessimism", "1"],
      "error: diffusion.critic_pessimism: needs an ensemble"),
 ])
