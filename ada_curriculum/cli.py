@@ -251,6 +251,9 @@ class EvalConfig:
     num_candidates: Optional[int] = dataclasses.field(default=None, metadata={
         "min": 1, "help": "diffusion with a success critic: chunks sampled per replan, the critic's best executed "
                           "(1: the denoiser alone; none: the policy's own)"})
+    eta: Optional[float] = dataclasses.field(default=None, metadata={
+        "min": 0.0, "max": 1.0, "help": "diffusion only: DDIM stochasticity, 0 deterministic to 1 DDPM-like "
+                                        "(none: the policy's own)"})
     memory: Literal["episode", "trial"] = dataclasses.field(default="episode", metadata={
         "help": "what the policy's context keeps when a trial starts: the whole episode, or only the new trial "
                 "(an ablation for multi-trial episodes: the trial index without the earlier attempts)"})
@@ -285,9 +288,14 @@ def evaluate_run(cfg: EvalConfig) -> dict:
                                                 f"{cfg.checkpoint} has none (train with --diffusion.critic-hidden)")
         if policy.kind == "diffusion":
             sampling = {**sampling, "num_candidates": cfg.num_candidates}
+    if cfg.eta is not None:
+        if policy.kind != "diffusion":
+            raise ConfigError("eta", "only diffusion policies sample with DDIM")
+        sampling = {**sampling, "eta": cfg.eta}
     default_name = f"eval-{cfg.tasks}" + (f"-{cfg.env}" if cfg.env != "banana-place" else "") + (
         f"-k{cfg.trials}" if cfg.trials else "") + ("-trial-memory" if cfg.memory == "trial" else "") + (
-        f"-n{cfg.num_candidates}" if cfg.num_candidates is not None else "")
+        f"-n{cfg.num_candidates}" if cfg.num_candidates is not None else "") + (
+        f"-eta{cfg.eta:g}" if cfg.eta is not None else "")
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / default_name
     out.mkdir(parents=True, exist_ok=True)
     env_kwargs = {k: v for k, v in (("trials", cfg.trials), ("time_limit", cfg.time_limit)) if v is not None}

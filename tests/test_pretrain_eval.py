@@ -89,6 +89,16 @@ def test_incompatible_resume_and_bad_input_are_one_line_errors(demos, tmp_path, 
     assert main(["eval", "--checkpoint", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
 
+    # DDIM's stochasticity can be chosen at evaluation (stochastic sampling suits an imperfect
+    # model better: bench/RESULTS.md, session 13), within [0, 1].
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "2", "--num-envs", "2", "--time-limit", "6",
+                 "--eta", "1"]) == 0
+    summary = json.loads((run / "eval-nominal-eta1" / "summary.json").read_text())
+    assert summary["sampling"] == {"eta": 1.0} and summary["episodes"] == 2
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--eta", "1.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: eta:")
+
 
 def test_wilson_interval_and_task_bins():
     lo, hi = evaluate.wilson_interval(50, 50)
