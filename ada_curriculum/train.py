@@ -239,14 +239,17 @@ def _initial_state(cfg: TrainConfig, policy, optimizer):
                                   f"{policy.kind} (--policy {pre_policy.kind}, or another --init run)")
         # Only the denoiser must match: a success critic (policies/critic.py) is taken along when
         # both runs have the same one, else this run's starts fresh (a BC run has none).
-        denoiser = lambda c: c.without_critic() if hasattr(c, "without_critic") else c  # noqa: E731
+        # Sampling settings (DDIM steps, eta, ...) may differ: they do not shape the weights.
+        denoiser = lambda c: c.denoiser_settings() if hasattr(c, "denoiser_settings") else c  # noqa: E731
         if pre_policy.obs_frame != policy.obs_frame:
             raise CheckpointError(f"{cfg.policy}.obs_frame: the --init run sees observations in the "
                                   f"{pre_policy.obs_frame!r} frame; pass --{cfg.policy}.obs-frame {pre_policy.obs_frame}")
         if denoiser(pre_policy.config) != denoiser(policy.config):
             raise CheckpointError(f"{cfg.policy}: the --init run's policy config differs from this run's; "
                                   f"pass the same --{cfg.policy}.* options")
-        if pre_policy.config != policy.config:
+        critic = lambda p: (p.has_critic, *(getattr(p.config, k, None) for k in (  # noqa: E731
+            "critic_hidden", "critic_layers", "critic_ensemble")))
+        if critic(pre_policy) != critic(policy):
             if pre_policy.has_critic:
                 variables = {**variables, "params": variables["params"]["denoiser"]}
             if policy.has_critic:

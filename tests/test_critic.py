@@ -335,3 +335,25 @@ def test_the_critic_warmup_reaches_the_actors(tmp_path):
                                              "diffusion": {"critic_hidden": 32, "num_candidates": 4}})
     cfg.validate()
     assert Builder(cfg, make_policy("diffusion", cfg.diffusion)).actor_args(0, None, None, None)["critic_warmup"] == 300
+
+
+def test_a_fine_tuning_run_may_sample_differently_from_its_bc_run(demos, bc_run, tmp_path):
+    """DDIM steps, eta and the candidates' gripper are sampling settings: `train --init` takes
+    the BC run's denoiser whatever they are, and refuses a denoiser of another shape."""
+    from ada_curriculum.checkpointing import CheckpointError
+    from ada_curriculum.policies import make_policy
+    from ada_curriculum.pretrain import load_policy
+    from ada_curriculum.train import _initial_state
+    from test_train import tiny
+
+    sampling = {"down_dims": [16, 32], "num_inference_steps": 4, "eta": 1.0, "critic_hidden": 32,
+                "num_candidates": 3, "candidate_gripper": "consensus"}
+    cfg = tiny(tmp_path / "run", demos, distributed=False, init=bc_run, diffusion=sampling)
+    policy = make_policy("diffusion", cfg.diffusion)
+    state = _initial_state(cfg, policy, make_optimizer(cfg.optim, critic=True))
+    _, bc_variables, _, _ = load_policy(bc_run)
+    for a, b in zip(jax.tree_util.tree_leaves(state.params["denoiser"]), jax.tree_util.tree_leaves(bc_variables["params"])):
+        np.testing.assert_array_equal(a, b)
+    other = tiny(tmp_path / "other", demos, distributed=False, init=bc_run, diffusion={**sampling, "down_dims": [16, 48]})
+    with pytest.raises(CheckpointError, match="policy config differs"):
+        _initial_state(other, make_policy("diffusion", other.diffusion), make_optimizer(other.optim, critic=True))

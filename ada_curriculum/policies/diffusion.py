@@ -157,6 +157,15 @@ class DiffusionConfig:
         if self.num_candidates > 1 and not self.critic_hidden:
             raise ConfigError("num_candidates", "choosing among candidates needs a critic: set critic_hidden > 0")
 
+    def denoiser_settings(self) -> "DiffusionConfig":
+        """This config with only what shapes the denoiser's weights: the critic and the sampling
+        settings (DDIM steps, eta, degradation, gripper snapping, candidates) at their defaults.
+        Two configs with equal denoiser settings can share a denoiser, e.g. a fine-tuning run
+        that samples with another eta than its BC run."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        names = ("num_inference_steps", "eta", "degraded_min_steps", "degraded_max_temperature", "binary_gripper")
+        return dataclasses.replace(self.without_critic(), **{k: defaults[k] for k in names})
+
     def without_critic(self) -> "DiffusionConfig":
         """The same denoiser with no critic: what a pretrained (BC) run holds."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
