@@ -52,7 +52,8 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
         "distributed": not args.in_process,
         "diffusion": {**frame["diffusion"], "critic_hidden": args.critic_hidden, "num_candidates": args.candidates,
                       "critic_ensemble": getattr(args, "critic_ensemble", 1),
-                      "critic_pessimism": getattr(args, "critic_pessimism", 0.0)},
+                      "critic_pessimism": getattr(args, "critic_pessimism", 0.0),
+                      **({"eta": args.eta} if getattr(args, "eta", None) is not None else {})},
         "augment": frame["augment"],
         "optim": {"learning_rate": args.learning_rate, "warmup_steps": 100, "decay_steps": 100_000,
                   "ema_warmup": False, "ema_decay": 0.995},
@@ -100,6 +101,8 @@ def main() -> None:
     p.add_argument("--critic-ensemble", type=int, default=1, help="critic networks (see policies/critic.py)")
     p.add_argument("--critic-pessimism", type=float, default=0.0,
                    help="acting ranks candidates by the ensemble's mean logit minus this times its spread")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM stochasticity when acting (none: the beachhead's; 1 suits it better, see RESULTS)")
     p.add_argument("--critic-warmup-updates", type=int, default=0,
                    help="actors act on plain samples until their weights come from this many updates")
     p.add_argument("--eval-episodes", type=int, default=100)
@@ -139,7 +142,7 @@ def main() -> None:
     out = {
         "bench": "curriculum_run", "curriculum_strategy": strategies[0], "budget_env_steps": args.env_steps,
         "critic_hidden": args.critic_hidden, "candidates": args.candidates,
-        "critic_ensemble": args.critic_ensemble, "critic_pessimism": args.critic_pessimism,
+        "critic_ensemble": args.critic_ensemble, "critic_pessimism": args.critic_pessimism, "eta": args.eta,
         "curriculum_settings": json.loads(args.curriculum_json),
         "budget_minutes": args.minutes, "eval_tasks": "full", "eval_episodes": args.eval_episodes,
         "init_success": init_eval["success_rate"], "curriculum_success": c["success_rate"],
