@@ -76,9 +76,9 @@ def critic_logits(critic: ChunkCritic, params, normalizer: dict, obs: jax.Array,
 def critic_score(critic: ChunkCritic, params, normalizer: dict, obs: jax.Array, chunk: jax.Array,
                  pessimism: float = 0.0) -> jax.Array:
     """(B,) what acting ranks candidates by: the ensemble's mean logit minus `pessimism` times
-    its spread. A critic fitted to few episodes extrapolates to outlying candidates, and argmax
-    over candidates seeks out exactly those errors (early in RL it cut success from 0.15 to
-    0.06); the networks disagree there, so the lower bound keeps to chunks they agree on."""
+    its spread, a lower confidence bound against argmax seeking out a critic's extrapolation
+    errors. Measured (bench/RESULTS.md, session 13), it does not remove the early dip in RL:
+    the young critic is confidently wrong about a correlate (the gripper), not unsure."""
     logits = critic_head_logits(critic, params, normalizer, obs, chunk)
     if pessimism == 0.0 or logits.shape[0] == 1:
         return logits.mean(axis=0)
