@@ -43,6 +43,7 @@ from ada_curriculum.data.loader import Prefetcher
 from ada_curriculum.episode_store import EpisodeRecorder
 from ada_curriculum.learning import create_train_state
 from ada_curriculum.policies.critic import critic_score, select_best
+from ada_curriculum.policies.diffusion import consensus_gripper
 from ada_curriculum.policies.obs import binarize_gripper
 from ada_curriculum.policies.runner import PolicyRunner
 from ada_curriculum.pretrain import PretrainConfig, build, fit_normalizer, load_policy
@@ -55,6 +56,8 @@ def planner(policy, n: int):
         obs = jnp.repeat(batch["obs"], n, axis=0)
         horizon = policy.sample_horizon(variables, {"obs": obs}, rng)
         horizon = binarize_gripper(horizon) if policy.config.binary_gripper else horizon
+        if n > 1 and policy.config.candidate_gripper == "consensus":  # as predict_action chooses
+            horizon = consensus_gripper(horizon, n, policy.config.binary_gripper)
         chunk = policy.executed_chunk(horizon)
         rows = batch["obs"].shape[0]
         if n == 1:
