@@ -162,15 +162,16 @@ class DiffusionConfig:
         settings (DDIM steps, eta, degradation, gripper snapping, candidates) at their defaults.
         Two configs with equal denoiser settings can share a denoiser, e.g. a fine-tuning run
         that samples with another eta than its BC run."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        names = ("num_inference_steps", "eta", "degraded_min_steps", "degraded_max_temperature", "binary_gripper")
-        return dataclasses.replace(self.without_critic(), **{k: defaults[k] for k in names})
+        return self.without_critic()._with_defaults(
+            "num_inference_steps", "eta", "degraded_min_steps", "degraded_max_temperature", "binary_gripper")
 
     def without_critic(self) -> "DiffusionConfig":
         """The same denoiser with no critic: what a pretrained (BC) run holds."""
+        return self._with_defaults("critic_hidden", "critic_layers", "critic_ensemble", "critic_pessimism",
+                                   "candidate_gripper", "num_candidates")
+
+    def _with_defaults(self, *names: str) -> "DiffusionConfig":
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        names = ("critic_hidden", "critic_layers", "critic_ensemble", "critic_pessimism", "candidate_gripper",
-                 "num_candidates")
         return dataclasses.replace(self, **{k: defaults[k] for k in names})
 
 
