@@ -7,6 +7,7 @@ test knows what the curriculum should do with them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 
@@ -245,6 +246,56 @@ def test_widened_box_keeps_sampling_the_solved_region():
         assert inside >= 0.5 * width_ratio > 0, name  # the old range keeps (about) its uniform share
 
 
+def periodic_cfg(**kw):
+    return widening_cfg(dims=("banana_yaw",), periodic=("banana_yaw",), **kw)
+
+
+def test_periodic_widening_starts_at_every_copy_of_the_nominal_heading():
+    state = cur.init(FULL, 0, periodic_cfg())
+    state, tasks = cur.sample(state, 60)
+    yaws = {round(t.banana_yaw, 9) for t in tasks}
+    assert yaws == {round(-np.pi, 9), 0.0, round(np.pi, 9)}  # heading 0 and its half-turn copies
+    # A copy's result counts for the nominal boundaries: five successes at heading pi widen.
+    turned = [dataclasses.replace(NOMINAL, banana_yaw=float(np.pi))] * 5
+    assert cur.update(state, results(turned, True))["widening"]["stage"] == 1
+    # Plain widening has no such copies: the same results lie off its boundaries.
+    plain = cur.init(FULL, 0, widening_cfg(dims=("banana_yaw",)))
+    assert cur.update(plain, results(turned, True))["widening"]["stage"] == 0
+
+
+def test_periodic_widening_spans_one_period_and_then_samples_the_whole_range():
+    state = cur.init(FULL, 0, periodic_cfg(step=0.1))
+    metrics = cur.metrics(state)
+    assert metrics["curriculum/max_stage"] == 10  # two boundaries, each half a period in steps of 0.1 period
+    folded = lambda t: abs(np.angle(np.exp(2j * t.banana_yaw))) / 2  # heading across the gripper, [0, pi/2]
+    reached = []
+    while not cur.coverage_complete(state):
+        state, tasks = cur.sample(state, 32)
+        box = cur.sampling_space(state)["banana_yaw"]
+        assert all(FULL.contains(t) for t in tasks)
+        # Every draw is a copy of a heading in the box: across the gripper no wider than the box.
+        assert max(folded(t) for t in tasks) <= max(-box.low, box.high) + 1e-9
+        reached.append(max(folded(t) for t in tasks))
+        state = cur.update(state, results(tasks, True))
+        assert len(reached) < 100
+    box = cur.sampling_space(state)["banana_yaw"]
+    assert (box.low, box.high) == pytest.approx((-np.pi / 2, np.pi / 2))
+    assert cur.metrics(state)["curriculum/coverage"] == 1.0 and state["widening"]["stage"] == 10
+    assert reached[0] == pytest.approx(0.0, abs=1e-9) and reached[-1] > 1.4
+    _, tasks = cur.sample(state, 3000)
+    counts, _ = np.histogram([t.banana_yaw for t in tasks], bins=6, range=(-np.pi, np.pi))
+    assert counts.min() > 0.8 * 500  # the whole heading range, about uniformly
+
+
+def test_a_state_saved_before_periodic_existed_resumes_and_periodic_is_structural():
+    state = run(cur.init(FULL, 0, widening_cfg(dims=("banana_yaw",))), 3, True)
+    old = json.loads(json.dumps(state))
+    del old["config"]["widening"]["periodic"]
+    assert cur.restore(old, FULL, widening_cfg(dims=("banana_yaw",)))["widening"] == state["widening"]
+    with pytest.raises(ValueError, match=r"^widening.periodic: the state was made with \[\]"):
+        cur.restore(old, FULL, periodic_cfg())
+
+
 # -- band ------------------------------------------------------------------------------------
 
 def test_band_prefers_bins_of_middling_success():
@@ -397,6 +448,8 @@ def test_bad_results_name_the_field_and_change_nothing():
     (CurriculumConfig(widening=WideningConfig(step=0.0)), "widening.step"),
     (CurriculumConfig(widening=WideningConfig(threshold=1.2)), "widening.threshold"),
     (CurriculumConfig(widening=WideningConfig(window=0)), "widening.window"),
+    (CurriculumConfig(widening=WideningConfig(dims=("banana_x",), periodic=("banana_yaw",))), "widening.periodic"),
+    (CurriculumConfig(widening=WideningConfig(periodic=("banana_x",))), "widening.periodic"),
 ])
 def test_bad_config_names_the_field(cfg, field):
     with pytest.raises(ValueError, match=rf"^{field}: "):

@@ -13,12 +13,12 @@ import math
 from typing import Literal, Optional
 
 from ada_curriculum.config import ConfigError
-from envs.task_space import FIELD_NAMES
+from envs.task_space import FIELD_NAMES, PERIODS
 
 STRATEGIES = ("none", "widening", "band", "plr")
 MAX_BINS = 4096  # per-bin lists live in every checkpoint and metrics row
 # Fields the saved state's layout depends on; a resumed run may change the others.
-STRUCTURAL_FIELDS = ("strategy", "bins.dims", "bins.per_dim", "widening.dims")
+STRUCTURAL_FIELDS = ("strategy", "bins.dims", "bins.per_dim", "widening.dims", "widening.periodic")
 
 
 def _check_dims(field: str, dims: tuple[str, ...]) -> None:
@@ -78,15 +78,25 @@ class WideningConfig:
 
     dims: tuple[str, ...] = dataclasses.field(
         default=FIELD_NAMES, metadata={"help": "dimensions that widen; the others stay at the space's bounds"})
-    step: float = dataclasses.field(default=0.1, metadata={"help": "boundary step, as a fraction of the full range"})
+    step: float = dataclasses.field(default=0.1, metadata={"help": "boundary step, as a fraction of the full range (of the period if periodic)"})
     window: int = dataclasses.field(default=50, metadata={"min": 1, "help": "boundary episodes per decision (ADR's m)"})
     # 0 makes it a fixed schedule: a boundary moves whenever its window fills.
     threshold: float = dataclasses.field(default=0.8, metadata={"help": "boundary success that widens (ADR's t_H)"})
     boundary_prob: float = dataclasses.field(
         default=0.5, metadata={"help": "share of tasks pinned to a boundary (ADR's p_b); the rest fill the box"})
+    periodic: tuple[str, ...] = dataclasses.field(
+        default=(), metadata={"help": "widened dimensions treated as periodic (envs.task_space.PERIODS): the box "
+                                      "spans one period around the nominal value and is sampled in every copy"})
 
     def validate(self) -> None:
         _check_dims("dims", self.dims)
+        for d in self.periodic:
+            if d not in self.dims:
+                raise ConfigError("periodic", f"{d!r} is not a widened dimension (dims: {', '.join(self.dims)})")
+            if d not in PERIODS:
+                raise ConfigError("periodic", f"{d!r} has no period (periodic dimensions: {', '.join(PERIODS)})")
+        if len(set(self.periodic)) != len(self.periodic):
+            raise ConfigError("periodic", f"a dimension is listed twice in {', '.join(self.periodic)}")
         _unit("step", self.step, open_low=True)
         _positive_int("window", self.window)
         _unit("threshold", self.threshold)

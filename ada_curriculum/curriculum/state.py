@@ -127,7 +127,8 @@ def check(state: Mapping, space: TaskSpace, config: CurriculumConfig | None = No
     if config is not None:
         config.validate()
         for path in STRUCTURAL_FIELDS:
-            was, now = _lookup(new["config"], path), _lookup(config_dict(config), path)
+            # Through the parsed config, so a state saved before a field existed reads its default.
+            was, now = _lookup(config_dict(saved), path), _lookup(config_dict(config), path)
             if was != now:
                 raise StateError(f"{path}: the state was made with {was!r}, this run's config has {now!r}")
         new["config"] = config_dict(config)

@@ -19,15 +19,24 @@ no episode has tested (measured in bench/curriculum_run.py: all nine dimensions 
 35 episodes and on-policy success fell from 0.71 to 0.04). So the boundaries one result
 completes are decided together: all their windows restart, and only the best of those that
 passed moves (highest success, then the least widened dimension, then in turn by stage).
+
+Periodic dimensions (`cfg.periodic`, periods in envs.task_space.PERIODS): the banana turned by
+half a turn is grasped as at the nominal heading, so a box starting at heading 0 alone would
+reach the equally solved +-pi last. For such a dimension the box's bounds are one copy, inside
+the period around the nominal value, and a draw lands in any copy of it in the space (chosen
+uniformly); a result counts for a boundary when its value, brought back into that period, lies
+on it. The box is complete when the copy spans the whole period.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from ada_curriculum.curriculum import constraints
 from ada_curriculum.curriculum.config import WideningConfig
-from envs.task_space import FIELD_NAMES, NOMINAL, TaskParams, TaskSpace
+from envs.task_space import FIELD_NAMES, NOMINAL, PERIODS, TaskParams, TaskSpace
 
 SIDES = ("lo", "hi")
 _ON_BOUNDARY = 1e-9  # values are copied, never recomputed, so only float noise needs allowing
@@ -38,7 +47,7 @@ def init(space: TaskSpace, cfg: WideningConfig) -> dict:
     for name in FIELD_NAMES:
         d = space[name]
         if name in cfg.dims:
-            lo[name] = hi[name] = float(min(max(getattr(NOMINAL, name), d.low), d.high))
+            lo[name] = hi[name] = _centre(space, name)
         else:
             lo[name], hi[name] = float(d.low), float(d.high)
     return {"lo": lo, "hi": hi, "stage": 0, "buffers": {f"{n}/{s}": [] for n in cfg.dims for s in SIDES}}
@@ -49,15 +58,44 @@ def box(w: dict, space: TaskSpace) -> TaskSpace:
     return space.with_bounds(**{n: (w["lo"][n], w["hi"][n]) for n in FIELD_NAMES})
 
 
-def limit(space: TaskSpace, name: str, side: str) -> float:
+def _centre(space: TaskSpace, name: str) -> float:
     d = space[name]
-    return float(d.low if side == "lo" else d.high)
+    return float(min(max(getattr(NOMINAL, name), d.low), d.high))
+
+
+def limits(space: TaskSpace, name: str, cfg: WideningConfig) -> tuple[float, float]:
+    """How far a dimension's box may widen: the space's range, or one period of it around the
+    nominal value for a periodic dimension."""
+    d = space[name]
+    if name not in cfg.periodic:
+        return float(d.low), float(d.high)
+    c, half = _centre(space, name), PERIODS[name] / 2
+    return max(float(d.low), c - half), min(float(d.high), c + half)
+
+
+def limit(space: TaskSpace, name: str, side: str, cfg: WideningConfig) -> float:
+    return limits(space, name, cfg)[0 if side == "lo" else 1]
+
+
+def in_period(space: TaskSpace, name: str, value: float) -> float:
+    """`value` moved by whole periods into the period around the nominal value."""
+    c, p = _centre(space, name), PERIODS[name]
+    return c + (value - c + p / 2) % p - p / 2
+
+
+def copy_of(value: float, space: TaskSpace, name: str, rng: np.random.Generator) -> float:
+    """One of `value`'s copies (shifts by whole periods) inside the space, chosen uniformly."""
+    d, p = space[name], PERIODS[name]
+    ks = range(int(np.ceil((d.low - value) / p - 1e-9)), int(np.floor((d.high - value) / p + 1e-9)) + 1)
+    k = ks[int(rng.integers(len(ks)))]
+    return float(min(max(value + k * p, d.low), d.high))  # the clip only absorbs float noise
 
 
 def step_size(space: TaskSpace, name: str, cfg: WideningConfig) -> float:
-    d = space[name]
-    width = d.high - d.low
-    return float(max(1, round(cfg.step * width))) if d.integer else cfg.step * width
+    """`cfg.step` of the range the dimension widens across (one period for a periodic one)."""
+    lo, hi = limits(space, name, cfg)
+    width = hi - lo
+    return float(max(1, round(cfg.step * width))) if space[name].integer else cfg.step * width
 
 
 def moved(value: float, lim: float, delta: float, side: str) -> float:
@@ -66,7 +104,7 @@ def moved(value: float, lim: float, delta: float, side: str) -> float:
 
 def live(w: dict, space: TaskSpace, cfg: WideningConfig) -> list[tuple[str, str]]:
     """Boundaries that have not reached the space's bounds yet."""
-    return [(n, s) for n in cfg.dims for s in SIDES if w[s][n] != limit(space, n, s)]
+    return [(n, s) for n in cfg.dims for s in SIDES if w[s][n] != limit(space, n, s, cfg)]
 
 
 def complete(w: dict, space: TaskSpace, cfg: WideningConfig) -> bool:
@@ -78,7 +116,7 @@ def max_stage(space: TaskSpace, cfg: WideningConfig) -> int:
     start, total = init(space, cfg), 0
     for n in cfg.dims:
         for s in SIDES:
-            v, lim, delta = start[s][n], limit(space, n, s), step_size(space, n, cfg)
+            v, lim, delta = start[s][n], limit(space, n, s, cfg), step_size(space, n, cfg)
             bound = int(np.ceil(abs(lim - v) / delta)) + 1 if delta > 0 else 0
             for _ in range(bound):
                 if v == lim:
@@ -100,8 +138,14 @@ def draw(w: dict, space: TaskSpace, cfg: WideningConfig, rng: np.random.Generato
                   or constraints.samplable(b.with_bounds(**{n: (w[s][n], w[s][n])}))]
         if probes:
             n, s = probes[int(rng.integers(len(probes)))]
-            return b.with_bounds(**{n: (w[s][n], w[s][n])}).sample(rng)
-    return b.sample(rng)
+            return _copies(b.with_bounds(**{n: (w[s][n], w[s][n])}).sample(rng), space, cfg, rng)
+    return _copies(b.sample(rng), space, cfg, rng)
+
+
+def _copies(task: TaskParams, space: TaskSpace, cfg: WideningConfig, rng: np.random.Generator) -> TaskParams:
+    if not cfg.periodic:  # no draw from the RNG: the sample stream of plain widening is unchanged
+        return task
+    return dataclasses.replace(task, **{n: copy_of(getattr(task, n), space, n, rng) for n in cfg.periodic})
 
 
 def record(w: dict, space: TaskSpace, cfg: WideningConfig, task: TaskParams, success: bool) -> int:
@@ -112,8 +156,10 @@ def record(w: dict, space: TaskSpace, cfg: WideningConfig, task: TaskParams, suc
     decided = []  # (success rate, name, side) of the windows this outcome completes
     for n in cfg.dims:
         v = getattr(task, n)
+        if n in cfg.periodic:
+            v = in_period(space, n, v)
         for s in SIDES:
-            edge, lim = w[s][n], limit(space, n, s)
+            edge, lim = w[s][n], limit(space, n, s, cfg)
             if edge == lim or abs(v - edge) > _ON_BOUNDARY:
                 continue
             buf = w["buffers"][f"{n}/{s}"]
@@ -126,21 +172,20 @@ def record(w: dict, space: TaskSpace, cfg: WideningConfig, task: TaskParams, suc
         return 0
     best = max(rate for rate, _, _ in passed)
     tied = [(n, s) for rate, n, s in passed if rate == best]
-    shares = {n: _share(w, space, n) for n, _ in tied}
+    shares = {n: _share(w, space, n, cfg) for n, _ in tied}
     tied = [(n, s) for n, s in tied if shares[n] == min(shares.values())]  # the least widened first
     n, s = tied[w["stage"] % len(tied)]
-    w[s][n] = moved(w[s][n], limit(space, n, s), step_size(space, n, cfg), s)
+    w[s][n] = moved(w[s][n], limit(space, n, s, cfg), step_size(space, n, cfg), s)
     w["stage"] += 1
     return 1
 
 
-def _share(w: dict, space: TaskSpace, name: str) -> float:
-    """The share of a dimension's full range that the box spans."""
-    d = space[name]
-    width = d.high - d.low
-    return 1.0 if width <= 0 else (w["hi"][name] - w["lo"][name]) / width
+def _share(w: dict, space: TaskSpace, name: str, cfg: WideningConfig) -> float:
+    """The share of the range a dimension may widen to that the box spans."""
+    lo, hi = limits(space, name, cfg)
+    return 1.0 if hi <= lo else (w["hi"][name] - w["lo"][name]) / (hi - lo)
 
 
 def coverage(w: dict, space: TaskSpace, cfg: WideningConfig) -> float:
     """Mean share of each widened dimension's range that the box spans (1 when complete)."""
-    return float(np.mean([_share(w, space, n) for n in cfg.dims]))
+    return float(np.mean([_share(w, space, n, cfg) for n in cfg.dims]))
