@@ -22,6 +22,12 @@ at the end; a longer one gives one full window ending at every step from `window
 `action_weight` is the loss weight of the action each chunk entry holds (the trial's success),
 so failed trials stay in the context with weight 0.
 
+With `layout="chain"` (a policy gradient through the denoising steps, DPPO) the demo table
+holds diffusion windows and the online table one item per planned chunk (see `chain_spec`):
+the observation history it was planned from, the denoising chain that produced it, each step's
+log-likelihood under the acting weights, and the episode's advantage. `add_decisions` writes an
+episode's decisions; `chain_batches` serves demo windows and decisions in one batch.
+
 Tables: `demo` never evicts (adding past `demo_table_size` raises `ReplayFullError`) and
 only needs one item to sample; `online` evicts FIFO and is rate limited so each online
 window is sampled about `samples_per_insert` times on average. With
@@ -122,7 +128,23 @@ def window_spec(obs_dim: int, action_dim: int, task_dim: int, window: int) -> di
     }
 
 
-LAYOUTS = ("diffusion", "sequence")
+LAYOUTS = ("diffusion", "sequence", "chain")
+CHAIN_PREFIX = "ppo/"  # keys of a chain batch's decisions, beside the demo windows' own keys
+
+
+def chain_spec(obs_dim: int, action_dim: int, task_dim: int, n_obs_steps: int, horizon: int,
+               steps: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Field name -> (shape, dtype) of one decision (the chain layout's online item)."""
+    f32 = np.dtype(np.float32)
+    return {
+        "obs": ((n_obs_steps, obs_dim), f32),  # the history the chunk was planned from
+        "chain": ((steps + 1, horizon, action_dim), f32),  # x_T .. x_0, normalised action space
+        "logp": ((steps,), f32),  # each denoising step's log-likelihood under the acting weights
+        "advantage": ((), f32),
+        "success": ((), f32),
+        "version": ((), np.dtype(np.int64)),
+        "task": ((task_dim,), f32),
+    }
 
 
 def sequence_spec(obs_dim: int, action_dim: int, task_dim: int, window: int,
@@ -209,7 +231,7 @@ class ReplayServer:
 
     def __init__(self, config: ReplayConfig, obs_dim: int, action_dim: int, task_dim: int, window: int,
                  port: int | None = None, checkpoint_dir: str | None = None, layout: str = "diffusion",
-                 chunk: int | None = None):
+                 chunk: int | None = None, n_obs_steps: int | None = None, chain_steps: int | None = None):
         config.validate()
         if layout not in LAYOUTS:
             raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -219,6 +241,13 @@ class ReplayServer:
             spec = sequence_spec(obs_dim, action_dim, task_dim, window, chunk)
         else:
             spec = window_spec(obs_dim, action_dim, task_dim, window)
+        online_spec = spec
+        if layout == "chain":
+            if not n_obs_steps or not chain_steps or not 1 <= n_obs_steps <= window or chain_steps < 1:
+                raise ValueError(f"n_obs_steps/chain_steps: the chain layout needs the observation history "
+                                 f"(1..{window}) and the DDIM steps (>= 1), got {n_obs_steps!r}/{chain_steps!r}")
+            online_spec = chain_spec(obs_dim, action_dim, task_dim, n_obs_steps, window, chain_steps)
+        self._specs = {self.DEMO: spec, self.ONLINE: online_spec}
         signature = _signature(spec)
         online_limiter = reverb.rate_limiters.SampleToInsertRatio(
             samples_per_insert=config.samples_per_insert, min_size_to_sample=config.min_size_to_sample,
@@ -231,7 +260,8 @@ class ReplayServer:
                          max_size=config.demo_table_size, rate_limiter=reverb.rate_limiters.MinSize(1),
                          signature=signature),
             reverb.Table(self.ONLINE, sampler=online_sampler, remover=reverb.selectors.Fifo(),
-                         max_size=config.online_table_size, rate_limiter=online_limiter, signature=signature),
+                         max_size=config.online_table_size, rate_limiter=online_limiter,
+                         signature=_signature(online_spec)),
         ]
         # Without a directory Reverb checkpoints into a fresh temp dir (nothing to restore,
         # and the dir is left behind).
@@ -240,12 +270,12 @@ class ReplayServer:
         self._server = reverb.Server(tables, port=port, checkpointer=checkpointer)
         self._client = reverb.Client(self.address)
         try:
-            self._check_restored(config, spec)
+            self._check_restored(config)
         except Exception:
             self.stop()
             raise
 
-    def _check_restored(self, config: ReplayConfig, spec: dict):
+    def _check_restored(self, config: ReplayConfig):
         # A restored table keeps the options it was checkpointed with (sizes, rate limiter,
         # signature) whatever we passed in, so refuse a checkpoint that disagrees with config.
         infos = self._client.server_info()
@@ -272,8 +302,9 @@ class ReplayServer:
                                   f"{table!r} but the config asks for {want}; use a matching config or a new checkpoint_dir")
         for table in (self.DEMO, self.ONLINE):
             got = _spec_of(infos[table].signature)
-            if got != spec:
-                raise ValueError(f"window spec: the checkpointed table {table!r} holds {got}, expected {spec}")
+            if got != self._specs[table]:
+                raise ValueError(f"window spec: the checkpointed table {table!r} holds {got}, "
+                                 f"expected {self._specs[table]}")
 
     @property
     def address(self) -> str:
@@ -308,12 +339,17 @@ class ReplayClient:
         self._client = reverb.Client(address)
         self._specs = {name: _spec_of(t.signature) for name, t in self._client.server_info().items()}
         for name, spec in self._specs.items():
-            if spec["obs"][0][0] != window:
+            if "chain" in spec:  # a decision, not a window
+                if spec["obs"][0][0] != n_obs_steps:
+                    raise ValueError(f"n_obs_steps: the server's {name!r} table holds decisions planned from "
+                                     f"{spec['obs'][0][0]} observations, not {n_obs_steps}")
+            elif spec["obs"][0][0] != window:
                 raise ValueError(f"window: the server's {name!r} table holds windows of "
                                  f"{spec['obs'][0][0]} steps, not {window}")
-        # Both tables hold the same layout: sequence windows (a `mask` field) or diffusion ones.
-        self.layout = "sequence" if any("mask" in spec for spec in self._specs.values()) else "diffusion"
-        self._writer = None  # created on first use; serves both tables (same signature)
+        # Sequence windows (a `mask` field), decisions in the online table (`chain`), or diffusion windows.
+        self.layout = ("sequence" if any("mask" in spec for spec in self._specs.values())
+                       else "chain" if any("chain" in spec for spec in self._specs.values()) else "diffusion")
+        self._writers: dict = {}  # created on first use: windows (both tables of a layout) and decisions
 
     def add_episode(self, table: str, obs, action, weight: float, success: bool, version: int, task,
                     trial_index=0, action_weight=None) -> int:
@@ -326,6 +362,8 @@ class ReplayClient:
         limiter holds inserts back.
         """
         spec = self._spec(table)
+        if "chain" in spec:
+            raise ValueError(f"table: {table!r} holds decisions (chain layout); write them with add_decisions")
         action = np.asarray(action, np.float32)
         obs = np.asarray(obs, np.float32)
         T = len(action)
@@ -393,9 +431,44 @@ class ReplayClient:
                         writer.Flush(_FLUSH_EVERY // 2, -1)
             writer.EndEpisode(True, None)  # flushes: returns once the server holds every item
         except BaseException:
-            self._close_writer()  # its buffers are mid-episode; start the next episode afresh
+            self._close_writer("windows")  # its buffers are mid-episode; start the next episode afresh
             raise
         return T
+
+    def add_decisions(self, table: str, obs, chain, logp, advantage, success: bool, version: int, task) -> int:
+        """Adds one episode's decisions (chain layout); returns their number.
+
+        obs: (N, n_obs_steps, D) histories the chunks were planned from; chain: (N, S + 1,
+        horizon, A); logp: (N, S); advantage: one per episode or (N,); task: (task_dim,).
+        """
+        spec = self._spec(table)
+        if "chain" not in spec:
+            raise ValueError(f"table: {table!r} holds windows; decisions need the chain layout's online table")
+        obs, chain, logp = (np.asarray(x, np.float32) for x in (obs, chain, logp))
+        n = len(chain)
+        advantage = np.broadcast_to(np.asarray(advantage, np.float32), (n,))
+        rows = {"obs": obs, "chain": chain, "logp": logp}
+        for k, x in rows.items():
+            if x.shape != (n, *spec[k][0]):
+                raise ValueError(f"{k}: expected shape ({n}, {', '.join(map(str, spec[k][0]))}), got {x.shape}")
+        task = np.asarray(task, np.float32)
+        if task.shape != spec["task"][0]:
+            raise ValueError(f"task: expected shape {spec['task'][0]}, got {task.shape}")
+        if n == 0:
+            return 0
+        constants = {"success": np.float32(success), "version": np.int64(version), "task": task}
+        columns = sorted(spec)
+        writer = self._get_writer("decisions")._writer
+        try:
+            for i in range(n):
+                values = {**constants, "advantage": advantage[i], **{k: x[i] for k, x in rows.items()}}
+                refs = writer.Append([values[k] for k in columns])
+                writer.CreateItem(table, 1.0, [[r] for r in refs], [True] * len(columns))
+            writer.EndEpisode(True, None)
+        except BaseException:
+            self._close_writer("decisions")
+            raise
+        return n
 
     def _add_sequence(self, table: str, spec: dict, obs, action, trial, action_weight, constants: dict) -> int:
         """The sequence windows of one episode (see the module docstring); returns their number."""
@@ -437,7 +510,7 @@ class ReplayClient:
                         writer.Flush(_FLUSH_EVERY // 2, -1)
             writer.EndEpisode(True, None)
         except BaseException:
-            self._close_writer()
+            self._close_writer("windows")
             raise
         assert created == len(ends)
         return created
@@ -476,6 +549,25 @@ class ReplayClient:
             ds = parts[0]
         return ds.prefetch(prefetch).with_options(_feed_options()).as_numpy_iterator()
 
+    def chain_batches(self, batch_size: int, demo_fraction: float, prefetch: int = 2,
+                      timeout_ms: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Endless batches (chain layout) of round(batch_size * demo_fraction) demo windows under
+        their own keys and the rest decisions under `CHAIN_PREFIX` keys (`ppo/obs`, `ppo/chain`, ...)."""
+        if self.layout != "chain":
+            raise ValueError(f"layout: chain batches need the chain layout, the server holds {self.layout}")
+        if not 0.0 <= demo_fraction < 1.0:
+            raise ValueError(f"demo_fraction: expected a value in [0, 1), got {demo_fraction}")
+        n_demo = round(batch_size * demo_fraction)
+        n_online = batch_size - n_demo
+        online = self._windows(ReplayServer.ONLINE, n_online, timeout_ms, workers=1).batch(n_online, drop_remainder=True)
+        online = online.map(lambda b: {CHAIN_PREFIX + k: v for k, v in b.items()})
+        if n_demo:
+            demo = self._windows(ReplayServer.DEMO, n_demo, timeout_ms, workers=1).batch(n_demo, drop_remainder=True)
+            ds = tf.data.Dataset.zip((demo, online)).map(lambda d, o: {**d, **o})
+        else:
+            ds = online
+        return ds.prefetch(prefetch).with_options(_feed_options()).as_numpy_iterator()
+
     def info(self) -> dict:
         return _tables_info(self._client)
 
@@ -510,13 +602,16 @@ class ReplayClient:
             max_samples=max_samples)
         return ds.map(lambda s: s.data)  # drop Reverb's per-sample info (key, probability, ...)
 
-    def _get_writer(self):
-        if self._writer is None:
+    def _get_writer(self, kind: str = "windows"):
+        # A writer's columns are fixed by its first append, so windows and decisions (two
+        # signatures) each have their own.
+        if kind not in self._writers:
             # A window spans W steps, so the writer keeps references to the last W steps.
-            self._writer = self._client.trajectory_writer(num_keep_alive_refs=self.window)
-        return self._writer
+            self._writers[kind] = self._client.trajectory_writer(num_keep_alive_refs=self.window)
+        return self._writers[kind]
 
-    def _close_writer(self):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def _close_writer(self, kind: str | None = None):
+        for k in [kind] if kind else list(self._writers):
+            writer = self._writers.pop(k, None)
+            if writer is not None:
+                writer.close()

@@ -37,6 +37,7 @@ from ada_curriculum import config as config_lib
 from ada_curriculum.config import ConfigError
 from ada_curriculum.agent import remote
 from ada_curriculum.agent.builder import Builder
+from ada_curriculum.agent.objectives import PPOConfig
 from ada_curriculum.curriculum import CurriculumConfig
 from ada_curriculum.data import augment as augment_lib
 from ada_curriculum.distill import DistillConfig
@@ -51,7 +52,7 @@ from ada_curriculum.replay import ReplayConfig, ReplayServer
 
 log = logging.getLogger(__name__)
 
-COMPATIBLE_KEYS = ("policy", "diffusion", "tasks", "env", "curriculum.strategy", "curriculum.bins")
+COMPATIBLE_KEYS = ("policy", "diffusion", "tasks", "env", "curriculum.strategy", "curriculum.bins", "objective")
 # Also checked when set: a transformer run's model, and the episodes replay holds windows of.
 SEQUENCE_KEYS = ("transformer", "trials", "sequence_length")
 
@@ -101,6 +102,11 @@ class TrainConfig:
     online_weighting: Literal["success", "advantage"] = dataclasses.field(default="success", metadata={
         "help": "online episode weight: its success, or max(success - baseline(task), 0) with a kernel "
                 "baseline over the actor's recent episodes (agent/baseline.py)"})
+    objective: Literal["weighted_bc", "ppo"] = dataclasses.field(default="weighted_bc", metadata={
+        "help": "weighted_bc: success-weighted denoising on online windows (with a critic: it also learns to "
+                "choose among candidates); ppo: DPPO, a clipped policy gradient through the stochastic denoising "
+                "steps of the acted chunks (needs diffusion.min_step_std > 0), with BC on the demos"})
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
     augment: Literal["none", "rotate"] = dataclasses.field(default="none", metadata={
         "help": "rotate: turn each replay window about the vertical by a random angle before the update "
                 "(needs the relative observation frame; see data.augment)"})
@@ -144,6 +150,39 @@ class TrainConfig:
     def policy_config(self):
         return getattr(self, self.policy)
 
+    def _validate_objective(self):
+        if self.objective not in ("weighted_bc", "ppo"):
+            raise ConfigError("objective", f"expected weighted_bc or ppo, got {self.objective!r}")
+        if self.objective != "ppo":
+            return
+        try:
+            self.ppo.validate()
+        except ConfigError as e:
+            raise e.under("ppo") from None
+        d = self.diffusion
+        checks = (  # (what is wrong, field, why), the first that applies is reported
+            (self.policy != "diffusion", "objective", "PPO through the denoising steps trains a diffusion policy"),
+            (not d.min_step_std > 0, "diffusion.min_step_std", "must be > 0 for --objective ppo: every denoising "
+                                                               "step needs noise for its likelihood (DPPO uses 0.1)"),
+            (d.critic_hidden or d.num_candidates > 1, "diffusion.critic_hidden",
+             "--objective ppo trains the denoiser on plain samples; it has no success critic (set 0)"),
+            (self.trials not in (None, 1), "trials", "--objective ppo acts one trial per episode"),
+            (self.replay.online_sampler != "uniform", "replay.online_sampler",
+             "--objective ppo samples decisions uniformly"),
+            (self.distill.enabled, "distill.enabled", "--objective ppo has no kickstarting term"),
+            (self.demo_fraction >= 1, "demo_fraction", "--objective ppo needs decisions in every batch: expected < 1"),
+            # The actors act with the EMA weights; PPO's ratio is against the weights that acted, and a
+            # lagging average moves 112-dimensional step likelihoods far enough to clip nearly every ratio.
+            (self.optim.ema_decay > 0, "optim.ema_decay", "--objective ppo acts with the weights it trains: set 0"),
+        )
+        for wrong, field, why in checks:
+            if wrong:
+                raise ConfigError(field, why)
+        steps = self.acting_inference_steps or d.num_inference_steps
+        if self.ppo.first_step >= steps:
+            raise ConfigError("ppo.first_step", f"{self.ppo.first_step} leaves no denoising step to train "
+                                                f"(the actors take {steps})")
+
     def validate(self):
         self.optim.validate()
         self.replay.validate()
@@ -180,6 +219,7 @@ class TrainConfig:
             if self.replay.online_sampler != "uniform":
                 raise ConfigError("replay.online_sampler", "the success critic must see failed episodes too; the "
                                                            "weight sampler never draws them (use uniform)")
+        self._validate_objective()
         self.curriculum.validate()
         if self.curriculum.strategy != "none" and self.tasks == "nominal":
             raise ValueError(f"tasks: the {self.curriculum.strategy} curriculum widens inside the task space; "

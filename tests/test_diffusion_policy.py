@@ -362,3 +362,30 @@ def test_binarize_gripper_snaps_only_the_gripper_command():
         np.testing.assert_array_equal(out[:, :GRIPPER], a[:, :GRIPPER])
         np.testing.assert_array_equal(out[:, GRIPPER], [1.0, -1.0, -1.0])  # 0 is not a close command
     assert a[0, GRIPPER] == np.float32(0.9)  # the input is left as it was
+
+
+def test_sample_chain_plans_as_predict_action_and_its_likelihood_recomputes(trained):
+    """The chain behind a chunk (DPPO's action): the same chunk `predict_action` plans from the
+    same key, and each step's log-likelihood, recomputed from the stored chain, is what sampling
+    reported; other weights give other likelihoods."""
+    variables, obs = trained["variables"], jnp.asarray(trained["obs"])
+    policy = DiffusionPolicy(dataclasses.replace(TINY, min_step_std=0.1))
+    key = jax.random.PRNGKey(5)
+    chunk, chain, logp = jax.jit(policy.sample_chain)(variables, {"obs": obs}, key)
+    S = TINY.num_inference_steps
+    assert chain.shape == (3, S + 1, TINY.horizon, ACTION_DIM) and logp.shape == (3, S)
+    np.testing.assert_allclose(chunk, policy.predict_action(variables, {"obs": obs}, key), atol=1e-6)
+    executed = normalizer.unnormalize(trained["stats"]["action"], chain[:, -1])[:, TINY.n_obs_steps - 1:][:, :8]
+    np.testing.assert_allclose(chunk[..., :GRIPPER], executed[..., :GRIPPER], atol=1e-5)
+
+    again = jax.jit(policy.chain_log_prob)(variables, obs, chain)
+    np.testing.assert_allclose(again, logp, rtol=1e-4, atol=1e-2)
+    last = policy.chain_log_prob(variables, obs, chain, first_step=S - 3)
+    np.testing.assert_allclose(last, logp[:, -3:], rtol=1e-4, atol=1e-2)
+    nudged = jax.tree_util.tree_map(lambda x: x * 1.05, variables["params"])
+    moved = policy.chain_log_prob({**variables, "params": nudged}, obs, chain)
+    assert float(jnp.abs(moved - logp).max()) > 1.0
+    # The floor makes every step stochastic, the last included; deterministic DDIM has no likelihood.
+    assert np.all(np.isfinite(logp)) and np.all(np.asarray(logp) != 0)
+    plain = DiffusionPolicy(dataclasses.replace(TINY, eta=0.0))
+    assert float(jnp.abs(plain.sample_chain(variables, {"obs": obs}, key)[2]).max()) == 0.0

@@ -281,3 +281,40 @@ def test_add_episode_rejects_bad_shapes(make_replay):
         client.add_episode("nope", **ep)
     with pytest.raises(ValueError, match="^window"):
         ReplayClient(client.address, 5, 2)
+
+
+def test_chain_layout_holds_decisions_beside_demo_windows(make_replay, tmp_path):
+    """DPPO's layout: demo windows as ever, and one online item per planned chunk with its chain."""
+    cfg = LOOSE
+    server = ReplayServer(cfg, OBS_DIM, ACTION_DIM, TASK_DIM, 4, layout="chain", n_obs_steps=2, chain_steps=3,
+                          checkpoint_dir=str(tmp_path / "chain"))
+    client = ReplayClient(server.address, 4, 2)
+    try:
+        assert client.layout == "chain"
+        client.add_episode(DEMO, **episode(6, version=-1))
+        n = 5
+        obs = np.arange(n)[:, None, None] + np.zeros((n, 2, OBS_DIM))
+        chain = np.arange(n)[:, None, None, None] + np.zeros((n, 4, 4, ACTION_DIM))
+        logp = -np.arange(n)[:, None] - np.arange(3)[None] / 10
+        assert client.add_decisions(ONLINE, obs, chain, logp, advantage=np.arange(n) - 2.0, success=True,
+                                    version=7, task=np.array([0.5, -0.25])) == n
+        batch = next(client.chain_batches(8, demo_fraction=0.25))
+        assert batch["obs"].shape == (2, 4, OBS_DIM) and batch["action"].shape == (2, 4, ACTION_DIM)
+        assert batch["ppo/obs"].shape == (6, 2, OBS_DIM) and batch["ppo/chain"].shape == (6, 4, 4, ACTION_DIM)
+        # Each decision's fields stay together: the row index shows in obs, chain, logp and advantage.
+        i = batch["ppo/obs"][:, 0, 0].astype(int)
+        np.testing.assert_array_equal(batch["ppo/chain"][:, 2, 1, 0], i)
+        np.testing.assert_allclose(batch["ppo/logp"], -i[:, None] - np.arange(3)[None] / 10, rtol=1e-6)
+        np.testing.assert_array_equal(batch["ppo/advantage"], i - 2.0)
+        assert set(batch["ppo/version"]) == {7} and set(batch["ppo/success"]) == {1.0}
+        with pytest.raises(ValueError, match="^table: 'online' holds decisions"):
+            client.add_episode(ONLINE, **episode(3))
+        with pytest.raises(ValueError, match="^chain: expected shape"):
+            client.add_decisions(ONLINE, obs, chain[:, :3], logp, 0.0, True, 7, np.zeros(2))
+        with pytest.raises(ValueError, match="^table: 'demo' holds windows"):
+            client.add_decisions(DEMO, obs, chain, logp, 0.0, True, 7, np.zeros(2))
+        with pytest.raises(ValueError, match="^n_obs_steps/chain_steps"):
+            ReplayServer(cfg, OBS_DIM, ACTION_DIM, TASK_DIM, 4, layout="chain")
+    finally:
+        client.close()
+        server.stop()

@@ -10,6 +10,10 @@ from the step that ends it (`info["trial_ended"]`, or the last step) and goes in
 windows whose per-action weight is its trial's success (failed trials stay as context); for a
 diffusion policy, which has no memory across trials, each trial is written as an episode of its
 own, weighted by its success.
+
+With `chains=True` (the DPPO learner, replay's chain layout) the actor writes decisions instead
+of windows: every planned chunk's observation history, denoising chain and likelihoods, with the
+episode's advantage, success minus the actor's baseline for the task (agent/baseline.py).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class Actor:
     def __init__(self, actor_id: int, policy, replay, variable_source, task_source, env_name: str = "banana-place",
                  num_envs: int = 2, seed: int = 0, variable_update_period: int = 20, env_kwargs: dict | None = None,
                  sampling: dict | None = None, align_chunks: bool = True, weighting: str = "success",
-                 critic_warmup: int = 0):
+                 critic_warmup: int = 0, chains: bool = False):
         self.actor_id = actor_id
         self.policy, self.replay = policy, replay
         self.variable_source, self.task_source = variable_source, task_source
@@ -53,7 +57,8 @@ class Actor:
         if weighting not in ("success", "advantage"):
             raise ValueError(f"weighting: expected 'success' or 'advantage', got {weighting!r}")
         # "advantage": an online episode's weight is max(success - baseline(task), 0).
-        self._baseline = SuccessBaseline() if weighting == "advantage" else None
+        self.chains = chains
+        self._baseline = SuccessBaseline() if weighting == "advantage" or chains else None
         self.envs = [envs.make(env_name, tasks="full", seed=seed * 1000 + j, **(env_kwargs or {}))
                      for j in range(num_envs)]
         self.version, variables, published_policy, self.generation = self._wait_for_variables()
@@ -62,7 +67,7 @@ class Actor:
         self._sampling = dict(sampling or {})
         # Until the weights come from `critic_warmup` updates, act on plain samples (one candidate).
         self.critic_warmup = critic_warmup
-        self._runner_args = dict(num_envs=num_envs, seed=seed)
+        self._runner_args = dict(num_envs=num_envs, seed=seed, chains=chains)
         self.runner = PolicyRunner(self.policy, variables, **self._runner_args, **self._acting_sampling())
         self._poll = remote.Poll(variable_source, "get_with_policy", self.version)
         self._timesteps = [None] * num_envs
@@ -88,7 +93,8 @@ class Actor:
         ts = self.envs[j].reset(task=envs.TaskParams.from_dict(task), seed=seed)
         self._timesteps[j] = ts
         # obs/trial rows are added as each action is taken (row t is what action t saw).
-        self._episodes[j] = {"obs": [], "action": [], "trial": [], "trial_success": [], "version": self.version}
+        self._episodes[j] = {"obs": [], "action": [], "trial": [], "trial_success": [], "version": self.version,
+                             "decisions": []}
         self.runner.reset(j)
 
     def _maybe_update_variables(self):
@@ -142,6 +148,10 @@ class Actor:
                 ep["obs"].append(obs)
                 ep["trial"].append(trial)
                 ep["action"].append(actions[j])
+                if self.chains:
+                    decision = self.runner.take_decision(j)
+                    if decision is not None:
+                        ep["decisions"].append(decision)
                 ts = env.step(actions[j])
                 self._timesteps[j] = ts
                 self.env_steps += 1
@@ -165,7 +175,15 @@ class Actor:
         obs, action = np.stack(ep["obs"]), np.stack(ep["action"])
         trial, trial_success = np.asarray(ep["trial"], np.int32), list(ep["trial_success"])
         vector = task.vector().astype(np.float32)
-        if self.policy.kind == "transformer":
+        if self.chains:
+            if ep["decisions"]:
+                baseline = self._baseline.estimate(task)
+                self._baseline.record(task, success)
+                d = ep["decisions"]
+                remote.call(self.replay, "add_decisions", "online", np.stack([x["obs"] for x in d]),
+                            np.stack([x["chain"] for x in d]), np.stack([x["logp"] for x in d]),
+                            float(success) - baseline, success=success, version=ep["version"], task=vector)
+        elif self.policy.kind == "transformer":
             # The whole episode, failed trials as context: each action weighs its trial's success.
             remote.call(self.replay, "add_episode", "online", obs, action, weight=1.0, success=success,
                         version=ep["version"], task=vector, trial_index=trial,

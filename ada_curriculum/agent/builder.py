@@ -13,7 +13,7 @@ import functools
 from ada_curriculum import replay as replay_lib
 from ada_curriculum.agent.actor import Actor
 from ada_curriculum.agent.learner import Learner
-from ada_curriculum.agent.objectives import SuccessWeightedBC
+from ada_curriculum.agent.objectives import DiffusionPPO, SuccessWeightedBC
 from ada_curriculum.agent.task_source import TaskSource
 from ada_curriculum.agent.variable_source import VariableSource
 from ada_curriculum.data import augment as augment_lib
@@ -63,7 +63,10 @@ class LearnerWorker(Learner):
                  variable_source, checkpoint_dir, publish_every, stall_timeout, generation=None, teacher_variables=None,
                  updates=None, augment="none", seed=0):
         self._client = replay_lib.ReplayClient(replay_address, window=window, n_obs_steps=policy.n_obs_steps)
-        batches = self._client.mixed_batches(batch_size, demo_fraction)
+        if self._client.layout == "chain":
+            batches = self._client.chain_batches(batch_size, demo_fraction)
+        else:
+            batches = self._client.mixed_batches(batch_size, demo_fraction)
         if augment == "rotate":
             # A fresh stream per (re)start: the angles need not replay, only be uniform.
             batches = augment_lib.rotated_batches(batches, seed=seed + (updates or 0))
@@ -91,8 +94,9 @@ class Builder:
 
     def __init__(self, cfg, policy):
         self.cfg, self.policy = cfg, policy
-        self.layout = "sequence" if policy.kind == "transformer" else "diffusion"
-        self.window = policy.config.horizon if self.layout == "diffusion" else self.sequence_length()
+        self.layout = ("sequence" if policy.kind == "transformer"
+                       else "chain" if getattr(cfg, "objective", None) == "ppo" else "diffusion")
+        self.window = self.sequence_length() if self.layout == "sequence" else policy.config.horizon
 
     # -- env ------------------------------------------------------------------------------------
     @property
@@ -155,7 +159,15 @@ class Builder:
             replay = dataclasses.replace(replay, error_buffer=1e12)
         return dict(config=replay, obs_dim=self.policy.obs_dim, action_dim=ACTION_DIM, task_dim=TASK_DIM,
                     window=self.window, checkpoint_dir=checkpoint_dir, layout=self.layout,
-                    chunk=self.policy.n_action_steps if self.layout == "sequence" else None)
+                    chunk=self.policy.n_action_steps if self.layout == "sequence" else None,
+                    **({"n_obs_steps": self.policy.n_obs_steps, "chain_steps": self.chain_steps}
+                       if self.layout == "chain" else {}))
+
+    @property
+    def chain_steps(self) -> int:
+        """DDIM steps of the actors' chains (chain layout): the acting steps, else the policy's."""
+        given = self.cfg.acting_inference_steps
+        return int(self.policy.config.num_inference_steps if given is None else given)
 
     def make_replay_server(self, checkpoint_dir: str | None = None):
         return replay_lib.ReplayServer(**self.replay_server_args(checkpoint_dir))
@@ -183,7 +195,8 @@ class Builder:
                     variable_update_period=c.variable_update_period, env_kwargs=self.env_kwargs,
                     sampling=None if c.acting_inference_steps is None
                     else {"num_inference_steps": c.acting_inference_steps},
-                    weighting=c.online_weighting, critic_warmup=c.critic_warmup_updates)
+                    weighting=c.online_weighting, critic_warmup=c.critic_warmup_updates,
+                    chains=self.layout == "chain")
 
     def make_actor(self, i: int, replay_address, variable_source, task_source) -> ActorWorker:
         return ActorWorker(**self.actor_args(i, replay_address, variable_source, task_source))
@@ -208,6 +221,10 @@ class Builder:
 
     def objective(self):
         """The RL objective; under distillation the learner adds the kickstarting term to it."""
+        if self.layout == "chain":
+            p = self.cfg.ppo
+            return DiffusionPPO(clip=p.clip, demo_weight=self.cfg.demo_weight, first_step=p.first_step,
+                                normalize_advantage=p.normalize_advantage)
         return SuccessWeightedBC(demo_weight=self.cfg.demo_weight, online_weight=self.cfg.online_weight)
 
     # -- Ray ------------------------------------------------------------------------------------

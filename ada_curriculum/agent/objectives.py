@@ -3,9 +3,12 @@
 An objective maps `(policy, variables, batch, rng) -> (loss, metrics)`. The first one is the
 seed 003 argument made concrete: with binary reward, the policy gradient through a diffusion
 policy's denoising surrogate weights each online window by its episode's success, and the
-demos keep a BC anchor. A DPPO-style objective (PPO over the last denoising steps with a value
-critic) fits the same signature: it needs the per-window log-prob terms and returns, which
-the window format carries room for (`version`, `success`, `task`).
+demos keep a BC anchor. The second, `DiffusionPPO`, is DPPO's (Ren et al. 2024, "Diffusion
+Policy Policy Optimization"): each denoising step of an acted chunk is an action of its own,
+with a Gaussian likelihood (stochastic DDIM, `diffusion.eta` > 0 and a noise floor
+`diffusion.min_step_std`), trained by PPO's clipped ratio against the acting weights'
+likelihood, so the gradient has zero mean for an unchanged policy and moves the denoiser
+itself rather than re-weighting its samples.
 
 A diffusion policy with a success critic (`diffusion.critic_hidden`) also learns the critic
 here, from the online windows' episode success; acting then picks the critic's best of several
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
+
+from ada_curriculum.replay import CHAIN_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,68 @@ class SuccessWeightedBC:
                       "online_weighted_entry_fraction": (online_entries * batch["action_weight"]).sum()
                       / jnp.maximum(online_entries.sum(), 1.0),
                       "demo_fraction": is_demo.mean()}
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """`train --objective ppo`: DPPO's clipped policy gradient through the denoising steps."""
+
+    clip: float = dataclasses.field(default=0.1, metadata={"help": "PPO's ratio clip, per denoising step"})
+    first_step: int = dataclasses.field(default=0, metadata={
+        "min": 0, "help": "denoising steps before this one are taken as given (DPPO fine-tunes the last steps; "
+                          "0: all of them)"})
+    normalize_advantage: bool = dataclasses.field(default=True, metadata={
+        "help": "standardise the advantages over each batch"})
+
+    def validate(self) -> None:
+        from ada_curriculum.config import ConfigError
+
+        if not (0.0 < self.clip < 1.0):
+            raise ConfigError("clip", f"expected a number in (0, 1), got {self.clip!r}")
+        if isinstance(self.first_step, bool) or not isinstance(self.first_step, int) or self.first_step < 0:
+            raise ConfigError("first_step", f"expected an int >= 0, got {self.first_step!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionPPO:
+    """PPO-clip over the denoising steps of acted chunks (the `ppo/` decisions of a chain batch)
+    plus the denoising loss on demo windows, weighted `demo_weight` (the BC anchor).
+
+    A decision's advantage (success - the actor's baseline for its task) is shared by all its
+    steps, normalised over the batch when `normalize_advantage`; steps before `first_step` are
+    treated as given (only the later steps' likelihoods are trained, as DPPO fine-tunes the
+    last denoising steps)."""
+
+    clip: float = 0.1
+    demo_weight: float = 1.0
+    first_step: int = 0
+    normalize_advantage: bool = True
+
+    def __call__(self, policy, variables, batch, rng):
+        p = CHAIN_PREFIX
+        logp = policy.chain_log_prob(variables, batch[p + "obs"], batch[p + "chain"], self.first_step)
+        old = batch[p + "logp"][:, self.first_step:]
+        adv = batch[p + "advantage"]
+        if self.normalize_advantage:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-6)
+        log_ratio = logp - old
+        ratio = jnp.exp(log_ratio)
+        a = adv[:, None]
+        pg = -jnp.mean(jnp.minimum(ratio * a, jnp.clip(ratio, 1 - self.clip, 1 + self.clip) * a))
+        metrics = {
+            "ppo/policy_loss": pg,
+            "ppo/ratio": ratio.mean(),
+            "ppo/clip_fraction": jnp.mean((jnp.abs(ratio - 1) > self.clip).astype(jnp.float32)),
+            "ppo/approx_kl": jnp.mean((ratio - 1) - log_ratio),  # Schulman's low-variance estimator
+            "ppo/advantage": batch[p + "advantage"].mean(),
+            "online_success_fraction": batch[p + "success"].mean(),
+        }
+        loss = pg
+        if "obs" in batch and self.demo_weight > 0:
+            bc, bc_metrics = policy.loss(variables, policy_inputs(policy, batch), jax.random.fold_in(rng, 1))
+            loss = loss + self.demo_weight * bc
+            metrics.update({"bc_loss": bc, "mse": bc_metrics["mse"]})
+        return loss, {"loss": loss, **metrics}
 
 
 SEQUENCE_KEYS = ("obs", "prev_action", "trial_index", "mask", "action", "action_mask", "action_weight")

@@ -24,7 +24,7 @@ from ada_curriculum.policies import normalizer as norm
 from ada_curriculum.policies.base import Batch, Policy, Variables
 from ada_curriculum.policies.critic import ChunkCritic, critic_loss, critic_score, select_best
 from ada_curriculum.policies.diffusion_models import ConditionalUnet1D
-from ada_curriculum.policies.noise_schedule import add_noise, ddim_sample, make_schedule
+from ada_curriculum.policies.noise_schedule import add_noise, chain_log_prob, ddim_chain, ddim_sample, make_schedule
 from ada_curriculum.policies.obs import ACTION_DIM, GRIPPER, OBS_DIM, binarize_gripper, check_frame
 
 # Every preset has three levels (two halvings: 16 -> 8 -> 4), so any horizon divisible by 4
@@ -79,6 +79,9 @@ class DiffusionConfig:
         "help": "snap the predicted gripper command to open/closed (see policies.obs.binarize_gripper)"})
     eta: float = dataclasses.field(default=0.0, metadata={
         "help": "DDIM stochasticity: 0 deterministic, 1 DDPM-like (more forgiving of an imperfect model)"})
+    min_step_std: float = dataclasses.field(default=0.0, metadata={
+        "help": "floor on each DDIM step's noise std in the normalised action space (DPPO's exploration floor, "
+                "which also keeps every step's likelihood well conditioned for a policy gradient; 0: none)"})
     degraded_min_steps: int = dataclasses.field(
         default=2, metadata={"help": "DDIM steps at degradation level 1"})
     degraded_max_temperature: float = dataclasses.field(
@@ -134,6 +137,8 @@ class DiffusionConfig:
                                                      f"(= {self.num_train_timesteps}), got {self.num_inference_steps}")
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError("eta", f"must be in [0, 1], got {self.eta}")
+        if not (math.isfinite(self.min_step_std) and 0.0 <= self.min_step_std <= 1.0):
+            raise ConfigError("min_step_std", f"must be in [0, 1], got {self.min_step_std!r}")
         if not 1 <= self.degraded_min_steps <= self.num_inference_steps:
             raise ConfigError("degraded_min_steps", f"must be in 1..num_inference_steps "
                                                     f"(= {self.num_inference_steps}), got {self.degraded_min_steps}")
@@ -163,7 +168,8 @@ class DiffusionConfig:
         Two configs with equal denoiser settings can share a denoiser, e.g. a fine-tuning run
         that samples with another eta than its BC run."""
         return self.without_critic()._with_defaults(
-            "num_inference_steps", "eta", "degraded_min_steps", "degraded_max_temperature", "binary_gripper")
+            "num_inference_steps", "eta", "min_step_std", "degraded_min_steps", "degraded_max_temperature",
+            "binary_gripper")
 
     def without_critic(self) -> "DiffusionConfig":
         """The same denoiser with no critic: what a pretrained (BC) run holds."""
@@ -353,15 +359,45 @@ class DiffusionPolicy(Policy):
         `num_inference_steps` (Python int, default config) is static under jit; `temperature`
         and `eta` (default config) may be traced.
         """
-        steps = self.config.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
-        if not 1 <= steps <= self.config.num_train_timesteps:
-            raise ValueError(f"num_inference_steps: must be in 1..{self.config.num_train_timesteps}, got {steps}")
+        steps = self._steps(num_inference_steps)
         cond = self._global_cond(variables, jnp.asarray(batch["obs"]))
         params = self._denoiser(variables)
         denoise = lambda x, t: self.model.apply({"params": params}, x, t, cond)  # noqa: E731
         x0 = ddim_sample(denoise, self.schedule(), (cond.shape[0], self.horizon, self.action_dim), rng,
-                         steps, temperature=temperature, eta=self.config.eta if eta is None else eta)
+                         steps, temperature=temperature, eta=self.config.eta if eta is None else eta,
+                         min_std=self.config.min_step_std)
         return norm.unnormalize(variables["normalizer"]["action"], x0)
+
+    def _steps(self, num_inference_steps: int | None) -> int:
+        steps = self.config.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+        if not 1 <= steps <= self.config.num_train_timesteps:
+            raise ValueError(f"num_inference_steps: must be in 1..{self.config.num_train_timesteps}, got {steps}")
+        return steps
+
+    def sample_chain(self, variables: Variables, batch: Batch, rng: jax.Array,
+                     num_inference_steps: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """One chunk per row as `predict_action` plans it with one candidate, with the denoising
+        chain behind it: (chunk (B, n_action_steps, A) raw, chain (B, S + 1, horizon, A) in the
+        normalised action space, per-step log-likelihoods (B, S)). Acting for a policy gradient
+        through the denoising steps (DPPO): the chain is the action whose likelihood is trained."""
+        steps = self._steps(num_inference_steps)
+        cond = self._global_cond(variables, jnp.asarray(batch["obs"]))
+        params = self._denoiser(variables)
+        denoise = lambda x, t: self.model.apply({"params": params}, x, t, cond)  # noqa: E731
+        x0, chain, logp = ddim_chain(denoise, self.schedule(), (cond.shape[0], self.horizon, self.action_dim), rng,
+                                     steps, eta=self.config.eta, min_std=self.config.min_step_std)
+        chunk = self.executed_chunk(norm.unnormalize(variables["normalizer"]["action"], x0))
+        return (binarize_gripper(chunk) if self.config.binary_gripper else chunk), chain, logp
+
+    def chain_log_prob(self, variables: Variables, obs: jax.Array, chain: jax.Array,
+                       first_step: int = 0) -> jax.Array:
+        """Per-step log-likelihoods (B, S - first_step) of stored chains (B, S + 1, horizon, A)
+        given raw observation histories, under these variables (S: the chain's DDIM steps)."""
+        cond = self._global_cond(variables, jnp.asarray(obs))
+        params = self._denoiser(variables)
+        denoise = lambda x, t: self.model.apply({"params": params}, x, t, cond)  # noqa: E731
+        return chain_log_prob(denoise, self.schedule(), chain, chain.shape[1] - 1, eta=self.config.eta,
+                              min_std=self.config.min_step_std, first_step=first_step)
 
     def predict_action(self, variables: Variables, batch: Batch, rng: jax.Array,
                        num_inference_steps: int | None = None, temperature: float | jax.Array = 1.0,

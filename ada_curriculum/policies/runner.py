@@ -20,6 +20,11 @@ later trial), e.g. a diffusion policy sampled more degraded in early trials than
 (meta-learning data, see `degradation_schedule`). Rows that replan at once but sit in trials
 with different sampling are predicted in one full-size call per distinct setting.
 
+`chains=True` (a diffusion policy, one candidate) plans through `sample_chain` and keeps, per
+env, the decision behind its current chunk (the observation history, the denoising chain and
+its per-step log-likelihoods) until `take_decision` collects it: what a policy gradient through
+the denoising steps (DPPO) trains on.
+
 `act` replans each env the moment its queue runs dry, so envs whose episodes (or trials) end at
 different times each cost a full-batch policy call. `act_aligned` shares chunk boundaries
 instead: an env whose queue is empty while another active env still has queued actions is held
@@ -78,6 +83,12 @@ def _jitted_predict(policy, sampling: tuple):
     return jax.jit(lambda v, b, r: policy.predict_action(v, b, r, **kwargs))
 
 
+@functools.lru_cache(maxsize=64)
+def _jitted_chain(policy, sampling: tuple):
+    steps = dict(sampling).get("num_inference_steps")
+    return jax.jit(lambda v, b, r: policy.sample_chain(v, b, r, num_inference_steps=steps))
+
+
 def _predict_fn(policy, sampling: tuple):
     try:
         return _jitted_predict(policy, sampling)
@@ -88,9 +99,14 @@ def _predict_fn(policy, sampling: tuple):
 
 class PolicyRunner:
     def __init__(self, policy, variables, num_envs: int, seed: int = 0,
-                 trial_sampling: Sequence[dict] | None = None, memory: str = "episode", **sampling):
+                 trial_sampling: Sequence[dict] | None = None, memory: str = "episode", chains: bool = False,
+                 **sampling):
         if memory not in MEMORY:
             raise ValueError(f"memory: expected one of {', '.join(MEMORY)}, got {memory!r}")
+        if chains and (policy.kind != "diffusion" or trial_sampling):
+            raise ValueError("chains: recording denoising chains needs a diffusion policy and one sampling setting")
+        self.chains = chains
+        self._decisions: dict[int, dict] = {}
         self.policy, self.num_envs, self.memory = policy, num_envs, memory
         self.variables = variables
         self._rng = jax.random.PRNGKey(seed)
@@ -111,7 +127,14 @@ class PolicyRunner:
         self.trial_sampling = [dict(sampling, **s) for s in trial_sampling] if trial_sampling else [dict(sampling)]
         keys = [tuple(sorted(s.items())) for s in self.trial_sampling]
         self._setting = [keys.index(key) for key in keys]  # trial -> first equal setting
-        self._predicts = {i: _predict_fn(policy, keys[i]) for i in sorted(set(self._setting))}
+        if self.chains:
+            unknown = set(sampling) - {"num_inference_steps", "num_candidates"}
+            if unknown or sampling.get("num_candidates", 1) != 1:
+                raise ValueError(f"sampling: a chain is recorded for one plain sample per replan (DDIM steps "
+                                 f"only), got {sampling}")
+            self._predicts = {0: _jitted_chain(policy, keys[0])}
+        else:
+            self._predicts = {i: _predict_fn(policy, keys[i]) for i in sorted(set(self._setting))}
         self._predict = self._predicts[0]  # the first trial's (the only one without trial_sampling)
 
     def set_variables(self, variables):
@@ -129,9 +152,11 @@ class PolicyRunner:
             self._last_action = [np.zeros(self.policy.action_dim, np.float32) for _ in range(n)]
             # Held: not stepped since its observation was taken in, so the next one is the same.
             self._held = [False] * n
+            self._decisions = {}
             return
         for history in (self._obs[i], self._prev[i], self._trial[i], self._queue[i]):
             history.clear()
+        self._decisions.pop(i, None)
         self._last_action[i] = np.zeros(self.policy.action_dim, np.float32)
         self._held[i] = False
 
@@ -186,8 +211,13 @@ class PolicyRunner:
             batch = self._batch()
             for setting, rows in sorted(groups.items()):
                 self._rng, key = jax.random.split(self._rng)
-                chunk = np.asarray(self._predicts[setting](self.variables, batch, key))
+                out = self._predicts[setting](self.variables, batch, key)
+                chunk = np.asarray(out[0] if self.chains else out)
                 self.policy_calls += 1
+                if self.chains:
+                    chain, logp = np.asarray(out[1]), np.asarray(out[2])
+                    for j in rows:
+                        self._decisions[j] = {"obs": batch["obs"][j], "chain": chain[j], "logp": logp[j]}
                 for j in rows:
                     self._queue[j].extend(chunk[j])
         stepped = np.array([active[j] and j not in hold for j in range(n)], bool)
@@ -201,6 +231,11 @@ class PolicyRunner:
             if active[j]:
                 self._held[j] = not stepped[j]
         return actions, stepped
+
+    def take_decision(self, j: int) -> dict | None:
+        """Env `j`'s decision planned since the last call (`chains=True`), or None: a dict of the
+        observation history (n_obs_steps, D), the chain (S + 1, horizon, A) and its log-likelihoods (S,)."""
+        return self._decisions.pop(j, None)
 
     def _batch(self) -> dict:
         n, d, a = self.num_envs, self.policy.obs_dim, self.policy.action_dim
