@@ -12,6 +12,7 @@ the evaluation stream, never the actors'), identical for every policy.
     .venv/bin/python bench/curriculum_run.py --demos runs/demos-nominal-50 --init runs/bc-diffusion \
         [--env-steps 40000] [--minutes 30] [--curriculum widening] [--eval-episodes 100] [--out runs/bench-curriculum]
         [--critic-hidden 256 --candidates 8]   # RL with a success critic, as in rl_vs_control
+        [--objective ppo --eta 1 --min-step-std 0.1]   # DPPO through the denoising steps, no critic
 
 The beachhead's observation frame and augmentation (`pretrain --diffusion.obs-frame relative
 --augment rotate`) carry on into every arm.
@@ -58,6 +59,12 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
         "optim": {"learning_rate": args.learning_rate, "warmup_steps": 100, "decay_steps": 100_000,
                   "ema_warmup": False, "ema_decay": 0.995},
     }
+    if getattr(args, "objective", "weighted_bc") == "ppo":
+        # DPPO: acting on plain stochastic samples with a noise floor, with the weights it trains.
+        settings.update(objective="ppo", ppo={"clip": args.ppo_clip, "first_step": args.ppo_first_step})
+        settings["diffusion"].update(min_step_std=args.min_step_std, critic_hidden=0, num_candidates=1)
+        settings["optim"]["ema_decay"] = 0.0
+        settings["replay"] = {"samples_per_insert": args.samples_per_insert}
     cfg = config_lib.from_dict(TrainConfig, settings)
     t0 = time.perf_counter()
     summary = train(cfg)
@@ -105,6 +112,13 @@ def main() -> None:
                    help="DDIM stochasticity when acting (none: the beachhead's; 1 suits it better, see RESULTS)")
     p.add_argument("--critic-warmup-updates", type=int, default=0,
                    help="actors act on plain samples until their weights come from this many updates")
+    p.add_argument("--objective", choices=("weighted_bc", "ppo"), default="weighted_bc",
+                   help="the learner's objective (ppo: DPPO through the denoising steps; no critic)")
+    p.add_argument("--min-step-std", type=float, default=0.1, help="ppo: floor on each denoising step's noise")
+    p.add_argument("--ppo-clip", type=float, default=0.1, help="ppo: ratio clip per denoising step")
+    p.add_argument("--ppo-first-step", type=int, default=0, help="ppo: denoising steps before this one are not trained")
+    p.add_argument("--samples-per-insert", type=float, default=2.0,
+                   help="ppo: samples per decision (a decision stands for a chunk, 8 windows)")
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue arms whose run directories exist")
@@ -143,6 +157,9 @@ def main() -> None:
         "bench": "curriculum_run", "curriculum_strategy": strategies[0], "budget_env_steps": args.env_steps,
         "critic_hidden": args.critic_hidden, "candidates": args.candidates,
         "critic_ensemble": args.critic_ensemble, "critic_pessimism": args.critic_pessimism, "eta": args.eta,
+        "objective": args.objective,
+        **({"ppo": {"min_step_std": args.min_step_std, "clip": args.ppo_clip, "first_step": args.ppo_first_step,
+                    "samples_per_insert": args.samples_per_insert}} if args.objective == "ppo" else {}),
         "curriculum_settings": json.loads(args.curriculum_json),
         "budget_minutes": args.minutes, "eval_tasks": "full", "eval_episodes": args.eval_episodes,
         "init_success": init_eval["success_rate"], "curriculum_success": c["success_rate"],
