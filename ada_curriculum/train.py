@@ -171,6 +171,9 @@ class TrainConfig:
              "--objective ppo samples decisions uniformly"),
             (self.distill.enabled, "distill.enabled", "--objective ppo has no kickstarting term"),
             (self.demo_fraction >= 1, "demo_fraction", "--objective ppo needs decisions in every batch: expected < 1"),
+            (self.augment != "none" and self.demo_fraction == 0, "augment",
+             "--objective ppo turns only demo windows (a chain's likelihood is of the unturned chunk); "
+             "demo_fraction 0 leaves none"),
             # The actors act with the EMA weights; PPO's ratio is against the weights that acted, and a
             # lagging average moves 112-dimensional step likelihoods far enough to clip nearly every ratio.
             (self.optim.ema_decay > 0, "optim.ema_decay", "--objective ppo acts with the weights it trains: set 0"),

@@ -72,7 +72,9 @@ def test_ppo_config_needs_a_stochastic_chain_and_acting_with_the_trained_weights
                             ({"diffusion": {**PPO_DIFFUSION, "critic_hidden": 8}}, "diffusion.critic_hidden"),
                             ({"ppo": {"clip": 1.5}}, "ppo.clip"),
                             ({"ppo": {"first_step": 2}}, "ppo.first_step"),
-                            ({"trials": 3}, "trials")):
+                            ({"trials": 3}, "trials"),
+                            ({"augment": "rotate", "demo_fraction": 0.0,
+                              "diffusion": {**PPO_DIFFUSION, "obs_frame": "relative"}}, "augment")):
         with pytest.raises(ValueError, match=rf"^{field}: "):
             from_dict(TrainConfig, {**base, **override}).validate()
 
