@@ -64,7 +64,10 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
         settings.update(objective="ppo", ppo={"clip": args.ppo_clip, "first_step": args.ppo_first_step})
         settings["diffusion"].update(min_step_std=args.min_step_std, critic_hidden=0, num_candidates=1)
         settings["optim"]["ema_decay"] = 0.0
-        settings["replay"] = {"samples_per_insert": args.samples_per_insert}
+        # PPO learns from recent decisions: a small FIFO table keeps the ratios near 1 (with the
+        # default 100k the table keeps every decision and most ratios clip; RESULTS, session 14).
+        settings["replay"] = {"samples_per_insert": args.samples_per_insert,
+                              "online_table_size": args.online_table_size}
     cfg = config_lib.from_dict(TrainConfig, settings)
     t0 = time.perf_counter()
     summary = train(cfg)
@@ -114,11 +117,14 @@ def main() -> None:
                    help="actors act on plain samples until their weights come from this many updates")
     p.add_argument("--objective", choices=("weighted_bc", "ppo"), default="weighted_bc",
                    help="the learner's objective (ppo: DPPO through the denoising steps; no critic)")
-    p.add_argument("--min-step-std", type=float, default=0.1, help="ppo: floor on each denoising step's noise")
+    p.add_argument("--min-step-std", type=float, default=0.05,
+                   help="ppo: floor on each denoising step's noise (0.1 costs the beachhead 0.09; RESULTS)")
     p.add_argument("--ppo-clip", type=float, default=0.1, help="ppo: ratio clip per denoising step")
     p.add_argument("--ppo-first-step", type=int, default=0, help="ppo: denoising steps before this one are not trained")
-    p.add_argument("--samples-per-insert", type=float, default=2.0,
+    p.add_argument("--samples-per-insert", type=float, default=8.0,
                    help="ppo: samples per decision (a decision stands for a chunk, 8 windows)")
+    p.add_argument("--online-table-size", type=int, default=768,
+                   help="ppo: decisions kept (FIFO); PPO needs recent ones")
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue arms whose run directories exist")
@@ -159,7 +165,8 @@ def main() -> None:
         "critic_ensemble": args.critic_ensemble, "critic_pessimism": args.critic_pessimism, "eta": args.eta,
         "objective": args.objective,
         **({"ppo": {"min_step_std": args.min_step_std, "clip": args.ppo_clip, "first_step": args.ppo_first_step,
-                    "samples_per_insert": args.samples_per_insert}} if args.objective == "ppo" else {}),
+                    "samples_per_insert": args.samples_per_insert, "online_table_size": args.online_table_size}}
+           if args.objective == "ppo" else {}),
         "curriculum_settings": json.loads(args.curriculum_json),
         "budget_minutes": args.minutes, "eval_tasks": "full", "eval_episodes": args.eval_episodes,
         "init_success": init_eval["success_rate"], "curriculum_success": c["success_rate"],
