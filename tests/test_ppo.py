@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from ada_curriculum.agent.objectives import DiffusionPPO
+from ada_curriculum.agent.objectives import DiffusionPPO, PPOConfig
 from ada_curriculum.policies import normalizer
 from ada_curriculum.policies.diffusion import DiffusionConfig, DiffusionPolicy
 from ada_curriculum.train import TrainConfig, train
@@ -33,7 +33,7 @@ def test_ppo_raises_the_likelihood_of_chains_with_positive_advantage_and_lowers_
     variables = policy.init(jax.random.PRNGKey(0), normalizer.identity(3, 2))
     batch = decisions(policy, variables, 8)
     batch["ppo/advantage"] = jnp.asarray([1.0] * 4 + [-1.0] * 4)
-    objective = DiffusionPPO(clip=0.2, demo_weight=0.0, normalize_advantage=False)
+    objective = DiffusionPPO(PPOConfig(clip=0.2, normalize_advantage=False), demo_weight=0.0)
     stats = variables["normalizer"]
 
     loss, metrics = objective(policy, variables, batch, jax.random.PRNGKey(1))

@@ -222,9 +222,7 @@ class Builder:
     def objective(self):
         """The RL objective; under distillation the learner adds the kickstarting term to it."""
         if self.layout == "chain":
-            p = self.cfg.ppo
-            return DiffusionPPO(clip=p.clip, demo_weight=self.cfg.demo_weight, first_step=p.first_step,
-                                normalize_advantage=p.normalize_advantage)
+            return DiffusionPPO(self.cfg.ppo, demo_weight=self.cfg.demo_weight)
         return SuccessWeightedBC(demo_weight=self.cfg.demo_weight, online_weight=self.cfg.online_weight)
 
     # -- Ray ------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ada_curriculum.config import ConfigError
 from ada_curriculum.replay import CHAIN_PREFIX
 
 
@@ -82,8 +83,6 @@ class PPOConfig:
         "help": "standardise the advantages over each batch"})
 
     def validate(self) -> None:
-        from ada_curriculum.config import ConfigError
-
         if not (0.0 < self.clip < 1.0):
             raise ConfigError("clip", f"expected a number in (0, 1), got {self.clip!r}")
         if isinstance(self.first_step, bool) or not isinstance(self.first_step, int) or self.first_step < 0:
@@ -96,30 +95,28 @@ class DiffusionPPO:
     plus the denoising loss on demo windows, weighted `demo_weight` (the BC anchor).
 
     A decision's advantage (success - the actor's baseline for its task) is shared by all its
-    steps, normalised over the batch when `normalize_advantage`; steps before `first_step` are
-    treated as given (only the later steps' likelihoods are trained, as DPPO fine-tunes the
-    last denoising steps)."""
+    steps, normalised over the batch when `ppo.normalize_advantage`; steps before
+    `ppo.first_step` are treated as given (only the later steps' likelihoods are trained, as
+    DPPO fine-tunes the last denoising steps)."""
 
-    clip: float = 0.1
+    ppo: PPOConfig = PPOConfig()
     demo_weight: float = 1.0
-    first_step: int = 0
-    normalize_advantage: bool = True
 
     def __call__(self, policy, variables, batch, rng):
-        p = CHAIN_PREFIX
-        logp = policy.chain_log_prob(variables, batch[p + "obs"], batch[p + "chain"], self.first_step)
-        old = batch[p + "logp"][:, self.first_step:]
+        p, first, clip = CHAIN_PREFIX, self.ppo.first_step, self.ppo.clip
+        logp = policy.chain_log_prob(variables, batch[p + "obs"], batch[p + "chain"], first)
+        old = batch[p + "logp"][:, first:]
         adv = batch[p + "advantage"]
-        if self.normalize_advantage:
+        if self.ppo.normalize_advantage:
             adv = (adv - adv.mean()) / (adv.std() + 1e-6)
         log_ratio = logp - old
         ratio = jnp.exp(log_ratio)
         a = adv[:, None]
-        pg = -jnp.mean(jnp.minimum(ratio * a, jnp.clip(ratio, 1 - self.clip, 1 + self.clip) * a))
+        pg = -jnp.mean(jnp.minimum(ratio * a, jnp.clip(ratio, 1 - clip, 1 + clip) * a))
         metrics = {
             "ppo/policy_loss": pg,
             "ppo/ratio": ratio.mean(),
-            "ppo/clip_fraction": jnp.mean((jnp.abs(ratio - 1) > self.clip).astype(jnp.float32)),
+            "ppo/clip_fraction": jnp.mean((jnp.abs(ratio - 1) > clip).astype(jnp.float32)),
             "ppo/approx_kl": jnp.mean((ratio - 1) - log_ratio),  # Schulman's low-variance estimator
             "ppo/advantage": batch[p + "advantage"].mean(),
             "online_success_fraction": batch[p + "success"].mean(),
