@@ -363,13 +363,17 @@ class DiffusionPolicy(Policy):
         and `eta` (default config) may be traced.
         """
         steps = self._steps(num_inference_steps)
-        cond = self._global_cond(variables, jnp.asarray(batch["obs"]))
-        params = self._denoiser(variables)
-        denoise = lambda x, t: self.model.apply({"params": params}, x, t, cond)  # noqa: E731
-        x0 = ddim_sample(denoise, self.schedule(), (cond.shape[0], self.horizon, self.action_dim), rng,
+        denoise, b = self._denoise_fn(variables, batch["obs"])
+        x0 = ddim_sample(denoise, self.schedule(), (b, self.horizon, self.action_dim), rng,
                          steps, temperature=temperature, eta=self.config.eta if eta is None else eta,
                          min_std=self.config.min_step_std)
         return norm.unnormalize(variables["normalizer"]["action"], x0)
+
+    def _denoise_fn(self, variables: Variables, obs):
+        """(ε-prediction `denoise(x_t, t)` conditioned on raw observation histories, batch size)."""
+        cond = self._global_cond(variables, jnp.asarray(obs))
+        params = self._denoiser(variables)
+        return (lambda x, t: self.model.apply({"params": params}, x, t, cond)), cond.shape[0]
 
     def _steps(self, num_inference_steps: int | None) -> int:
         steps = self.config.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
@@ -384,10 +388,8 @@ class DiffusionPolicy(Policy):
         normalised action space, per-step log-likelihoods (B, S)). Acting for a policy gradient
         through the denoising steps (DPPO): the chain is the action whose likelihood is trained."""
         steps = self._steps(num_inference_steps)
-        cond = self._global_cond(variables, jnp.asarray(batch["obs"]))
-        params = self._denoiser(variables)
-        denoise = lambda x, t: self.model.apply({"params": params}, x, t, cond)  # noqa: E731
-        x0, chain, logp = ddim_chain(denoise, self.schedule(), (cond.shape[0], self.horizon, self.action_dim), rng,
+        denoise, b = self._denoise_fn(variables, batch["obs"])
+        x0, chain, logp = ddim_chain(denoise, self.schedule(), (b, self.horizon, self.action_dim), rng,
                                      steps, eta=self.config.eta, min_std=self.config.min_step_std)
         chunk = self.executed_chunk(norm.unnormalize(variables["normalizer"]["action"], x0))
         return (binarize_gripper(chunk) if self.config.binary_gripper else chunk), chain, logp
@@ -396,9 +398,7 @@ class DiffusionPolicy(Policy):
                        first_step: int = 0) -> jax.Array:
         """Per-step log-likelihoods (B, S - first_step) of stored chains (B, S + 1, horizon, A)
         given raw observation histories, under these variables (S: the chain's DDIM steps)."""
-        cond = self._global_cond(variables, jnp.asarray(obs))
-        params = self._denoiser(variables)
-        denoise = lambda x, t: self.model.apply({"params": params}, x, t, cond)  # noqa: E731
+        denoise, _ = self._denoise_fn(variables, obs)
         return chain_log_prob(denoise, self.schedule(), chain, chain.shape[1] - 1, eta=self.config.eta,
                               min_std=self.config.min_step_std, first_step=first_step)
 
