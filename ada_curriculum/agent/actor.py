@@ -177,12 +177,11 @@ class Actor:
         vector = task.vector().astype(np.float32)
         if self.chains:
             if ep["decisions"]:
-                baseline = self._baseline.estimate(task)
-                self._baseline.record(task, success)
                 d = ep["decisions"]
                 remote.call(self.replay, "add_decisions", "online", np.stack([x["obs"] for x in d]),
                             np.stack([x["chain"] for x in d]), np.stack([x["logp"] for x in d]),
-                            float(success) - baseline, success=success, version=ep["version"], task=vector)
+                            self._baseline.advantage(task, success), success=success, version=ep["version"],
+                            task=vector)
         elif self.policy.kind == "transformer":
             # The whole episode, failed trials as context: each action weighs its trial's success.
             remote.call(self.replay, "add_episode", "online", obs, action, weight=1.0, success=success,

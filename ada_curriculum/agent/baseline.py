@@ -60,8 +60,12 @@ class SuccessBaseline:
         self._points.append(self._point(task))
         self._successes.append(float(success))
 
+    def advantage(self, task: envs.TaskParams, success: bool) -> float:
+        """success - baseline(task), then the result is recorded."""
+        a = float(success) - self.estimate(task)
+        self.record(task, success)
+        return a
+
     def weight(self, task: envs.TaskParams, success: bool) -> float:
         """The episode's training weight, max(success - baseline, 0), then the result is recorded."""
-        w = max(float(success) - self.estimate(task), 0.0)
-        self.record(task, success)
-        return w
+        return max(self.advantage(task, success), 0.0)
