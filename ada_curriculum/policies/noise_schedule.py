@@ -106,7 +106,7 @@ def ddim_sample(
     posterior variance; `temperature` scales the initial noise and the noise injected when
     eta > 0; `min_std` is a floor on each step's injected noise.
     """
-    return ddim_chain(denoise_fn, schedule, shape, rng, num_inference_steps, temperature, eta, clip, min_std)[0]
+    return _ddim(denoise_fn, schedule, shape, rng, num_inference_steps, temperature, eta, clip, min_std, False)[0]
 
 
 def ddim_chain(denoise_fn, schedule: dict, shape: tuple[int, ...], rng: jax.Array, num_inference_steps: int,
@@ -115,6 +115,11 @@ def ddim_chain(denoise_fn, schedule: dict, shape: tuple[int, ...], rng: jax.Arra
     """`ddim_sample`, also returning the chain x_T .. x_0 (B, S + 1, ...) and each step's
     Gaussian log-likelihood (B, S) (0 for a deterministic step): what a policy gradient through
     the denoising steps (DPPO) needs. The same arguments give the same x_0 as `ddim_sample`."""
+    return _ddim(denoise_fn, schedule, shape, rng, num_inference_steps, temperature, eta, clip, min_std, True)
+
+
+def _ddim(denoise_fn, schedule, shape, rng, num_inference_steps, temperature, eta, clip, min_std, record: bool):
+    # `record` False keeps plain sampling (the actors' hot path) free of the chain and its likelihoods.
     ts, ab_t, ab_prev = _ddim_coefficients(schedule, num_inference_steps)
     temperature = jnp.asarray(temperature, jnp.float32)
     eta = jnp.asarray(eta, jnp.float32)
@@ -130,9 +135,12 @@ def ddim_chain(denoise_fn, schedule: dict, shape: tuple[int, ...], rng: jax.Arra
         std = _step_std(sigma, temperature, min_std)
         noise = jax.random.normal(key, shape, jnp.float32)
         x_next = mean + std * noise
-        return x_next, (x_next, _gaussian_log_prob(x_next, mean, std))
+        return x_next, (x_next, _gaussian_log_prob(x_next, mean, std)) if record else None
 
-    x_last, (xs, logp) = jax.lax.scan(step, x, (jnp.asarray(ts), ab_t, ab_prev, step_keys))
+    x_last, out = jax.lax.scan(step, x, (jnp.asarray(ts), ab_t, ab_prev, step_keys))
+    if not record:
+        return x_last, None, None
+    xs, logp = out
     chain = jnp.concatenate([x[None], xs], axis=0)
     return x_last, jnp.moveaxis(chain, 0, 1), jnp.moveaxis(logp, 0, 1)
 
