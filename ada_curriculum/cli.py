@@ -60,10 +60,13 @@ class CollectConfig:
     num_envs: int = dataclasses.field(
         default=8, metadata={"min": 1, "help": "with --policy-run: envs stepped together"})
     ema: bool = dataclasses.field(default=True, metadata={"help": "with --policy-run: act with the EMA weights"})
+    eta: Optional[float] = dataclasses.field(
+        default=None, metadata={"min": 0.0, "max": 1.0, "help": "with --policy-run: DDIM stochasticity in every "
+                                                            "trial (none: the policy's own; 0 deterministic)"})
 
     def validate(self):
         if self.policy_run is None:
-            for name in ("degradation_start", "degradation_end"):
+            for name in ("degradation_start", "degradation_end", "eta"):
                 if getattr(self, name) is not None:
                     raise ConfigError(name, "only applies with --policy-run")
         elif self.play:
@@ -195,6 +198,8 @@ def _collect_with_policy(cfg: CollectConfig, out: Path, env_kwargs: dict, trials
     end_level = 0.0 if cfg.degradation_end is None else cfg.degradation_end
     levels = degradation_schedule(start_level, end_level, trials)
     trial_sampling = degraded_sampling(policy, levels)
+    if cfg.eta is not None:  # degradation sets steps and temperature; the sampler's stochasticity is apart
+        trial_sampling = [{**s, "eta": cfg.eta} for s in trial_sampling]
 
     writer = EpisodeWriter(out, cfg.env, env_kwargs)
     save_config(cfg, out / "config.json")

@@ -134,8 +134,9 @@ def main() -> None:
     if not strategies or set(strategies) - {"widening", "band", "plr"}:
         p.error(f"--curriculum: expected strategies among widening, band, plr, got {args.curriculum!r}")
 
+    # The beachhead is evaluated with the arms' acting eta, so init_success is their starting point.
     init_eval = evaluate_run(EvalConfig(checkpoint=args.init, tasks="full", episodes=args.eval_episodes,
-                                        seeds=(args.seed,), num_envs=10, time_limit=args.time_limit,
+                                        seeds=(args.seed,), num_envs=10, time_limit=args.time_limit, eta=args.eta,
                                         out=str(Path(args.out) / "init-eval-full")))
     settings = json.loads(args.curriculum_json)
     # The first strategy's arm keeps the name "curriculum" (and its run directory) as before.

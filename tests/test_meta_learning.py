@@ -146,12 +146,12 @@ def test_degraded_collection_writes_multi_trial_store(diffusion_run, tmp_path, c
     k = 2  # levels 1 and 0 (DDIM steps 1 and 4): the two samplers the next test reuses
     assert main(["collect", "--policy-run", str(diffusion_run), "--env", "banana-place-multi", "--trials", str(k),
                  "--time-limit", "8", "--episodes", "3", "--num-envs", "2", "--tasks", "full",
-                 "--degradation-start", "1", "--degradation-end", "0", "--out", str(out)]) == 0
+                 "--degradation-start", "1", "--degradation-end", "0", "--eta", "0.5", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     levels = [d["level"] for d in summary["degradation_per_trial"]]
     assert levels == [1.0, 0.0]
-    assert [(d["num_inference_steps"], d["temperature"]) for d in summary["degradation_per_trial"]] == [
-        (1, 2.5), (4, 1.0)]
+    assert [(d["num_inference_steps"], d["temperature"], d["eta"]) for d in summary["degradation_per_trial"]] == [
+        (1, 2.5, 0.5), (4, 1.0, 0.5)]
     assert len(summary["success_per_trial"]) == k and "last_vs_first_trial" in summary
     store = EpisodeStore(out)
     assert len(store) == 3 and store.env_kwargs["trials"] == k
@@ -172,6 +172,8 @@ def test_degraded_collection_writes_multi_trial_store(diffusion_run, tmp_path, c
     capsys.readouterr()
     assert main(["collect", "--degradation-start", "0.5", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: degradation_start: only applies with --policy-run")
+    assert main(["collect", "--eta", "1", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("error: eta: only applies with --policy-run")
     assert main(["collect", "--policy-run", str(diffusion_run), "--play", "--out", str(tmp_path / "y")]) == 2
     assert capsys.readouterr().err.startswith("error: play:")
     assert main(["collect", "--policy-run", str(diffusion_run), "--degradation-end", "1.5",
