@@ -21,6 +21,10 @@ Last line: one JSON object with `curriculum_success`, `uniform_success`, their 9
 difference with its unpaired and paired intervals (every arm plays the same episodes; the paired
 one decides `curriculum_wins_significantly`), `curriculum_wins` (the first strategy's success
 above the uniform arm's), and under `strategies` the same against uniform for every strategy run.
+With `--seeds 0,1,2,...` the whole comparison runs once per seed (OUT/seed-N, each with its own
+held-out episodes) and the last line pools them: the mean difference with a Student-t interval
+over seeds (it holds the run-to-run spread, and decides `curriculum_wins_significantly`) and a
+paired interval over all episodes. `--resume` reuses arms that finished and were evaluated.
 """
 
 from __future__ import annotations
@@ -31,10 +35,33 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ada_curriculum import config as config_lib
 from ada_curriculum.cli import EvalConfig, evaluate_run
 from ada_curriculum.evaluate import difference_interval, paired_difference_interval
 from ada_curriculum.train import TrainConfig, init_frame_settings, train
+
+
+def _finished_arm(run: Path, args) -> dict | None:
+    """A finished and evaluated arm's figures (for --resume), or None."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        ev = json.loads((run / "eval-full" / "summary.json").read_text())
+    except FileNotFoundError:
+        return None
+    if summary["stopped_by"] in ("SIGINT", "SIGTERM") or ev["episodes"] != args.eval_episodes:
+        return None
+    return _arm_figures(summary, ev, None)
+
+
+def _arm_figures(summary: dict, ev: dict, seconds) -> dict:
+    return {"updates": summary["updates"], "env_steps": summary["env_steps"], "episodes": summary["episodes"],
+            "train_seconds": seconds, "stopped_by": summary["stopped_by"],
+            "recent_success_rate": summary.get("recent_success_rate"),
+            "curriculum": {k: v for k, v in (summary.get("curriculum") or {}).items()
+                           if k in ("curriculum/stage", "curriculum/max_stage", "curriculum/coverage")},
+            "eval": {k: ev[k] for k in ("successes", "episodes", "success_rate", "ci95")}}
 
 
 def run_arm(name: str, args, curriculum: dict) -> dict:
@@ -42,6 +69,9 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
     frame = init_frame_settings(args.init)  # the beachhead's observation frame and augmentation carry on
     if run.exists() and not args.resume:
         shutil.rmtree(run)
+    if args.resume and (done := _finished_arm(run, args)) is not None:
+        print(f"{run}: finished and evaluated; reusing its figures")
+        return done
     settings = {
         "run": str(run), "init": args.init, "demos": args.demos, "tasks": "full", "time_limit": args.time_limit,
         "num_actors": args.num_actors, "envs_per_actor": args.envs_per_actor,
@@ -77,12 +107,7 @@ def run_arm(name: str, args, curriculum: dict) -> dict:
                          "(--resume continues it)")
     ev = evaluate_run(EvalConfig(checkpoint=str(run), tasks="full", episodes=args.eval_episodes, seeds=(args.seed,),
                                  num_envs=10, time_limit=args.time_limit, out=str(run / "eval-full")))
-    return {"updates": summary["updates"], "env_steps": summary["env_steps"], "episodes": summary["episodes"],
-            "train_seconds": round(seconds, 1), "stopped_by": summary["stopped_by"],
-            "recent_success_rate": summary.get("recent_success_rate"),
-            "curriculum": {k: v for k, v in (summary.get("curriculum") or {}).items()
-                           if k in ("curriculum/stage", "curriculum/max_stage", "curriculum/coverage")},
-            "eval": {k: ev[k] for k in ("successes", "episodes", "success_rate", "ci95")}}
+    return _arm_figures(summary, ev, round(seconds, 1))
 
 
 def main() -> None:
@@ -129,31 +154,60 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue arms whose run directories exist")
     p.add_argument("--in-process", action="store_true", help="actors and learner in this process (a smoke run)")
+    p.add_argument("--seeds", default=None,
+                   help="several seeds, e.g. 0,1,2,3: the whole comparison per seed (in OUT/seed-N), then the "
+                        "differences pooled over seeds (each seed has its own held-out episodes)")
     args = p.parse_args()
     strategies = [s.strip() for s in args.curriculum.split(",") if s.strip()]
     if not strategies or set(strategies) - {"widening", "band", "plr"}:
         p.error(f"--curriculum: expected strategies among widening, band, plr, got {args.curriculum!r}")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        p.error(f"--seeds: repeated seed in {args.seeds!r}")
+    if len(seeds) == 1:
+        print(json.dumps(compare(argparse.Namespace(**{**vars(args), "seed": seeds[0]}), strategies)))
+        return
+    per_seed = {seed: compare(argparse.Namespace(**{**vars(args), "seed": seed, "out": str(Path(args.out) / f"seed-{seed}")}),
+                              strategies) for seed in seeds}
+    out = pool_seeds(args, strategies, per_seed)
+    (Path(args.out) / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out))
 
-    # The beachhead is evaluated with the arms' acting eta, so init_success is their starting point.
-    init_eval = evaluate_run(EvalConfig(checkpoint=args.init, tasks="full", episodes=args.eval_episodes,
-                                        seeds=(args.seed,), num_envs=10, time_limit=args.time_limit, eta=args.eta,
-                                        out=str(Path(args.out) / "init-eval-full")))
-    settings = json.loads(args.curriculum_json)
+
+def _outcomes(out: str, name: str) -> list:
+    rows = (Path(out) / name / "eval-full" / "episodes.jsonl").read_text().splitlines()
+    return [json.loads(r)["success"] for r in rows]
+
+
+def _arm_name(strategies: list, strategy: str) -> str:
     # The first strategy's arm keeps the name "curriculum" (and its run directory) as before.
-    names = {s: "curriculum" if i == 0 else f"curriculum-{s}" for i, s in enumerate(strategies)}
+    return "curriculum" if strategy == strategies[0] else f"curriculum-{strategy}"
+
+
+def compare(args, strategies: list) -> dict:
+    """One seed's comparison: the beachhead's evaluation, every strategy's arm, the uniform arm;
+    writes OUT/summary.json and returns it."""
+    init_out = Path(args.out) / "init-eval-full"
+    init_eval = _reuse_init_eval(init_out, args) if args.resume else None
+    if init_eval is None:
+        # The beachhead is evaluated with the arms' acting eta, so init_success is their starting point.
+        init_eval = evaluate_run(EvalConfig(checkpoint=args.init, tasks="full", episodes=args.eval_episodes,
+                                            seeds=(args.seed,), num_envs=10, time_limit=args.time_limit, eta=args.eta,
+                                            out=str(init_out)))
+    settings = json.loads(args.curriculum_json)
+    names = {s: _arm_name(strategies, s) for s in strategies}
     arms = {names[s]: run_arm(names[s], args, {**settings, "strategy": s}) for s in strategies}
     arms["uniform"] = run_arm("uniform", args, {"strategy": "none"})
     u = arms["uniform"]["eval"]
-
-    def outcomes(name):
-        rows = (Path(args.out) / name / "eval-full" / "episodes.jsonl").read_text().splitlines()
-        return [json.loads(r)["success"] for r in rows]
 
     def versus_uniform(name):
         c = arms[name]["eval"]
         lo, hi = difference_interval(c["successes"], c["episodes"], u["successes"], u["episodes"])
         # Every arm plays the same evaluation episodes, so the paired interval is the one to judge by.
-        plo, phi = paired_difference_interval(outcomes(name), outcomes("uniform"))
+        plo, phi = paired_difference_interval(_outcomes(args.out, name), _outcomes(args.out, "uniform"))
         return {"success": c["success_rate"], "ci95": c["ci95"], "minus_uniform": round(c["success_rate"] - u["success_rate"], 4),
                 "difference_ci95": [round(lo, 4), round(hi, 4)], "paired_difference_ci95": [round(plo, 4), round(phi, 4)],
                 "wins": c["success_rate"] > u["success_rate"], "wins_significantly": plo > 0}
@@ -161,7 +215,8 @@ def main() -> None:
     strategies_out = {s: versus_uniform(names[s]) for s in strategies}
     c, first = arms["curriculum"]["eval"], strategies_out[strategies[0]]
     out = {
-        "bench": "curriculum_run", "curriculum_strategy": strategies[0], "budget_env_steps": args.env_steps,
+        "bench": "curriculum_run", "curriculum_strategy": strategies[0], "seed": args.seed,
+        "budget_env_steps": args.env_steps,
         "critic_hidden": args.critic_hidden, "candidates": args.candidates,
         "critic_ensemble": args.critic_ensemble, "critic_pessimism": args.critic_pessimism, "eta": args.eta,
         "objective": args.objective,
@@ -178,8 +233,53 @@ def main() -> None:
         "strategies": strategies_out, "arms": arms,
     }
     (Path(args.out) / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out))
+    return out
 
+
+def _reuse_init_eval(out: Path, args) -> dict | None:
+    try:
+        ev = json.loads((out / "summary.json").read_text())
+    except FileNotFoundError:
+        return None
+    same = ev["episodes"] == args.eval_episodes and ev["sampling"].get("eta") == args.eta
+    return ev if same else None
+
+
+def pool_seeds(args, strategies: list, per_seed: dict) -> dict:
+    """Every strategy against uniform over seeds. Two intervals: over seeds (Student t on the
+    per-seed differences; it holds the run-to-run spread, which decides), and over all held-out
+    episodes paired (narrower: it treats each trained policy as fixed)."""
+    from scipy import stats
+
+    pooled = {}
+    for s in strategies:
+        name = _arm_name(strategies, s)
+        diffs = np.array([r["strategies"][s]["minus_uniform"] for r in per_seed.values()])
+        half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+        seed_dirs = [str(Path(args.out) / f"seed-{seed}") for seed in per_seed]
+        a = [x for d in seed_dirs for x in _outcomes(d, name)]
+        b = [x for d in seed_dirs for x in _outcomes(d, "uniform")]
+        plo, phi = paired_difference_interval(a, b)
+        pooled[s] = {"success_mean": round(float(np.mean([r["strategies"][s]["success"] for r in per_seed.values()])), 4),
+                     "minus_uniform_per_seed": diffs.round(4).tolist(),
+                     "minus_uniform_mean": round(float(diffs.mean()), 4),
+                     "seed_ci95": [round(float(diffs.mean() - half), 4), round(float(diffs.mean() + half), 4)],
+                     "pooled_paired_ci95": [round(plo, 4), round(phi, 4)],
+                     "wins": bool(diffs.mean() > 0), "wins_significantly": bool(diffs.mean() - half > 0)}
+    first = pooled[strategies[0]]
+    return {"bench": "curriculum_run", "seeds": list(per_seed), "curriculum_strategy": strategies[0],
+            "eval_episodes_per_seed": args.eval_episodes, "budget_env_steps": args.env_steps, "eta": args.eta,
+            "critic_hidden": args.critic_hidden, "candidates": args.candidates, "objective": args.objective,
+            "curriculum_settings": json.loads(args.curriculum_json),
+            "init_success_mean": round(float(np.mean([r["init_success"] for r in per_seed.values()])), 4),
+            "curriculum_success_mean": first["success_mean"],
+            "uniform_success_mean": round(float(np.mean([r["uniform_success"] for r in per_seed.values()])), 4),
+            "curriculum_minus_uniform_mean": first["minus_uniform_mean"], "seed_ci95": first["seed_ci95"],
+            "pooled_paired_ci95": first["pooled_paired_ci95"], "curriculum_wins": first["wins"],
+            "curriculum_wins_significantly": first["wins_significantly"], "strategies": pooled,
+            "per_seed": {str(k): {kk: v[kk] for kk in ("init_success", "curriculum_success", "uniform_success",
+                                                       "curriculum_minus_uniform", "paired_difference_ci95")}
+                         for k, v in per_seed.items()}}
 
 if __name__ == "__main__":
     main()
