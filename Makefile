@@ -30,9 +30,10 @@ TRAIN_ARGS ?= --tasks near --time-limit 80 --demo-fraction 0.25 --envs-per-actor
 	--eval-every 1000 --eval-episodes 60
 
 PYTEST_ARGS ?=
-# `make bench`: the throughput benchmarks; curriculum_run and rl_vs_control are half-hour-plus
-# training experiments, run on their own (`make bench BENCH=bench/rl_vs_control.py`).
-BENCH ?= $(filter-out bench/curriculum_run.py bench/rl_vs_control.py,$(wildcard bench/*.py))
+# `make bench`: the throughput benchmarks. The others are half-hour-plus training experiments
+# (curriculum_run, rl_vs_control, self_imitation, critic_dip, critic_start), run on their own
+# (`make bench BENCH=bench/rl_vs_control.py`); heading_bins reads evaluations, it measures nothing.
+BENCH ?= $(addprefix bench/,env_throughput.py actor_throughput.py learner_feed.py policy_speed.py)
 
 .PHONY: run test bench sysdeps venv clean
 
