@@ -43,12 +43,18 @@ from ada_curriculum.evaluate import difference_interval, paired_difference_inter
 from ada_curriculum.train import TrainConfig, init_frame_settings, train
 
 
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _seed_dir(out: str, seed: int) -> str:
+    return str(Path(out) / f"seed-{seed}")
+
+
 def _finished_arm(run: Path, args) -> dict | None:
     """A finished and evaluated arm's figures (for --resume), or None."""
-    try:
-        summary = json.loads((run / "summary.json").read_text())
-        ev = json.loads((run / "eval-full" / "summary.json").read_text())
-    except FileNotFoundError:
+    summary, ev = _read_json(run / "summary.json"), _read_json(run / "eval-full" / "summary.json")
+    if summary is None or ev is None:
         return None
     if summary["stopped_by"] in ("SIGINT", "SIGTERM") or ev["episodes"] != args.eval_episodes:
         return None
@@ -170,7 +176,7 @@ def main() -> None:
     if len(seeds) == 1:
         print(json.dumps(compare(argparse.Namespace(**{**vars(args), "seed": seeds[0]}), strategies)))
         return
-    per_seed = {seed: compare(argparse.Namespace(**{**vars(args), "seed": seed, "out": str(Path(args.out) / f"seed-{seed}")}),
+    per_seed = {seed: compare(argparse.Namespace(**{**vars(args), "seed": seed, "out": _seed_dir(args.out, seed)}),
                               strategies) for seed in seeds}
     out = pool_seeds(args, strategies, per_seed)
     (Path(args.out) / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -237,11 +243,8 @@ def compare(args, strategies: list) -> dict:
 
 
 def _reuse_init_eval(out: Path, args) -> dict | None:
-    try:
-        ev = json.loads((out / "summary.json").read_text())
-    except FileNotFoundError:
-        return None
-    same = ev["episodes"] == args.eval_episodes and ev["sampling"].get("eta") == args.eta
+    ev = _read_json(out / "summary.json")
+    same = ev is not None and ev["episodes"] == args.eval_episodes and ev["sampling"].get("eta") == args.eta
     return ev if same else None
 
 
@@ -256,7 +259,7 @@ def pool_seeds(args, strategies: list, per_seed: dict) -> dict:
         name = _arm_name(strategies, s)
         diffs = np.array([r["strategies"][s]["minus_uniform"] for r in per_seed.values()])
         half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
-        seed_dirs = [str(Path(args.out) / f"seed-{seed}") for seed in per_seed]
+        seed_dirs = [_seed_dir(args.out, seed) for seed in per_seed]
         a = [x for d in seed_dirs for x in _outcomes(d, name)]
         b = [x for d in seed_dirs for x in _outcomes(d, "uniform")]
         plo, phi = paired_difference_interval(a, b)
@@ -280,6 +283,7 @@ def pool_seeds(args, strategies: list, per_seed: dict) -> dict:
             "per_seed": {str(k): {kk: v[kk] for kk in ("init_success", "curriculum_success", "uniform_success",
                                                        "curriculum_minus_uniform", "paired_difference_ci95")}
                          for k, v in per_seed.items()}}
+
 
 if __name__ == "__main__":
     main()
